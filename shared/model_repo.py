@@ -1,0 +1,169 @@
+"""The versioned model repository: `<root>/<name>/<version>/` with variants, tokenizer and a manifest.
+
+Layout of one version (written by `nlpsuite build`, read by every service):
+
+    manifest.json        what it is and how it was made (see Manifest)
+    tokenizer.json       the fast tokenizer, loaded with `tokenizers` (no transformers at serve time)
+    model.fp32.onnx      fused reference
+    model.int8.onnx      batch-invariant int8, for CPUs
+    model.fp16.onnx      for GPUs
+
+Publishing is atomic: a version is assembled in a hidden temp dir beside its final place and renamed
+into place, so a reader sees either no version or a complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Task = Literal["classify", "embed"]
+Variant = Literal["fp32", "int8", "fp16"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+
+
+class ModelRepoError(RuntimeError):
+    """A model name, version or variant that cannot be loaded."""
+
+
+class VariantInfo(BaseModel):
+    file: str
+    size_bytes: int
+    metrics: dict[str, float] = Field(default_factory=dict)
+    passed_gate: bool = True
+    forced: bool = False
+
+
+class Manifest(BaseModel):
+    name: str
+    version: str = ""
+    task: Task
+    labels: list[str] = Field(default_factory=list)
+    max_length: int = 128
+    embedding_dim: int | None = None
+    base_checkpoint: str
+    base_checkpoint_sha256: str
+    layers_kept: int | None = None
+    dataset: dict[str, object] = Field(default_factory=dict)
+    hyperparameters: dict[str, object] = Field(default_factory=dict)
+    reference_metrics: dict[str, float] = Field(default_factory=dict)
+    variants: dict[str, VariantInfo] = Field(default_factory=dict)
+    quantization: str = ""
+    libraries: dict[str, str] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    extra: dict[str, object] = Field(default_factory=dict)
+
+
+class ModelVersion(BaseModel):
+    """One published version on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def variant_path(self, variant: str) -> Path:
+        info = self.manifest.variants.get(variant)
+        if info is None:
+            raise ModelRepoError(
+                f"model {self.manifest.name} version {self.manifest.version} has no {variant!r} variant "
+                f"(it has: {', '.join(sorted(self.manifest.variants)) or 'none'})"
+            )
+        path = self.path / info.file
+        if not path.is_file():
+            raise ModelRepoError(f"model file missing: {path}")
+        return path
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    path = version_dir / MANIFEST
+    if not path.is_file():
+        raise ModelRepoError(f"{version_dir} is not a model version: no {MANIFEST}")
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise ModelRepoError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def _version_key(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (-1, name)
+
+
+class ModelRepository:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def versions(self, name: str) -> list[str]:
+        """Published versions of a model, oldest first (numeric order). Temp dirs are never listed."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        found = [p.name for p in model_dir.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        return sorted(found, key=_version_key)
+
+    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        """The given version, or the newest one."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelRepoError(f"no published versions of model {name!r} under {self.root}")
+        chosen = version or versions[-1]
+        if chosen not in versions:
+            raise ModelRepoError(f"model {name!r} has no version {chosen!r} (has: {', '.join(versions)})")
+        path = self.root / name / chosen
+        return ModelVersion(path=path, manifest=read_manifest(path))
+
+    def publish(self, staged: Path, name: str) -> ModelVersion:
+        """Move a fully written staging dir into place as the next version, atomically."""
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
+        try:
+            for item in staged.iterdir():
+                shutil.copy2(item, tmp / item.name) if item.is_file() else shutil.copytree(item, tmp / item.name)
+            while True:
+                versions = [v for v in self.versions(name) if v.isdigit()]
+                version = str(int(versions[-1]) + 1) if versions else "1"
+                manifest = read_manifest(tmp)
+                manifest.name, manifest.version = name, version
+                (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+                try:
+                    os.rename(tmp, model_dir / version)  # atomic; fails if another publisher took the number
+                    break
+                except OSError:
+                    if not (model_dir / version).exists():
+                        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.resolve(name, version)
+
+
+def choose_variant(manifest: Manifest, provider: str, override: str | None = None) -> str:
+    """fp16 on a GPU provider, int8 on the CPU, fp32 as the fallback; a configured override wins.
+
+    Variants that failed the accuracy gate were never published unless forced, so they are eligible.
+    """
+    if override:
+        if override not in manifest.variants:
+            raise ModelRepoError(f"variant {override!r} requested but model has {sorted(manifest.variants)}")
+        return override
+    on_gpu = provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    for variant in (("fp16", "fp32", "int8") if on_gpu else ("int8", "fp32", "fp16")):
+        if variant in manifest.variants:
+            return variant
+    raise ModelRepoError(f"model {manifest.name} has no variants")
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    (directory / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))

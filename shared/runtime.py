@@ -1,0 +1,110 @@
+"""ONNX Runtime sessions with an honest provider choice.
+
+onnxruntime-gpu lists TensorRT and CUDA as *available* even on a machine without a GPU (those are the
+build's providers, not the machine's), and asking for CUDA there falls back to the CPU with a loud error.
+So we try the preferred providers in order, quietly, and believe only what the created session reports.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "tensorrt", "cuda", "cpu"]
+_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class RuntimeSession:
+    session: ort.InferenceSession
+    provider: str  # what the session really runs on, e.g. "CPUExecutionProvider"
+    path: Path
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+
+def _session_options(intra_threads: int, inter_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_threads
+    options.inter_op_num_threads = inter_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # failed GPU provider probes are expected on CPU machines; we log our own line
+    return options
+
+
+def _quiet_session(model: str | bytes, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+    # When a GPU provider fails, onnxruntime's Python wrapper print()s an "EP Error" banner to stdout
+    # before falling back; keep stdout clean for commands whose output is parsed.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ort.InferenceSession(model, options, providers=[provider])
+
+
+def expected_provider(provider: ProviderChoice = "auto") -> str:
+    """The provider a session asked for with `provider` will run on here (probed with a one-node model)."""
+    order = _AUTO_ORDER if provider == "auto" else (provider,)
+    for choice in order:
+        if choice == "cpu" or probe_provider(choice):
+            return _NAMES[choice]
+    return _NAMES[order[-1]]
+
+
+def probe_provider(choice: str) -> bool:
+    if _NAMES[choice] not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    try:
+        session = _quiet_session(model.SerializeToString(), _session_options(1, 1), _NAMES[choice])
+    except Exception:  # noqa: BLE001 - any failure means the provider is not usable here
+        return False
+    return session.get_providers()[0] == _NAMES[choice]
+
+
+def create_session(
+    path: Path, provider: ProviderChoice = "auto", intra_threads: int = 0, inter_threads: int = 1
+) -> RuntimeSession:
+    """Open a model on the first provider that really works, in the order TensorRT, CUDA, CPU.
+
+    `provider` other than "auto" forces one; if it cannot run here we raise instead of silently falling back.
+    """
+    order = _AUTO_ORDER if provider == "auto" else (provider,)
+    options = _session_options(intra_threads, inter_threads)
+    errors: list[str] = []
+    for choice in order:
+        name = _NAMES[choice]
+        if name not in ort.get_available_providers():
+            errors.append(f"{name}: not in this onnxruntime build")
+            continue
+        try:
+            session = _quiet_session(str(path), options, name)
+        except Exception as exc:  # noqa: BLE001 - try the next provider, report all at the end
+            errors.append(f"{name}: {str(exc).splitlines()[0][:200]}")
+            continue
+        actual = session.get_providers()[0]
+        if actual != name:
+            errors.append(f"{name}: session fell back to {actual}")
+            continue
+        log.info("onnxruntime provider selected", extra={"provider": actual, "model": str(path)})
+        return RuntimeSession(session=session, provider=actual, path=path)
+    raise RuntimeError(f"no execution provider could open {path}: " + "; ".join(errors))

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny random BERT checkpoint and tiny models built from it with the real pipeline."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nlpsuite.pipeline.defaults import examples_dir
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide BERT with MiniLM's real tokenizer: builds and trains in seconds."""
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertModel
+
+    from nlpsuite.pipeline.build import default_base_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    minilm = default_base_checkpoint()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(minilm / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory) -> Path:
+    """120 rows of the shipped example sentiment data (3 labels)."""
+    rows = list(csv.DictReader(open(examples_dir() / "sentiment.csv", newline="")))
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    picked = [row for label in sorted(by_label) for row in by_label[label][:40]]
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(picked)
+    return path
+
+
+def quick_config(**overrides):
+    from nlpsuite.pipeline.build import BuildConfig
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    hp = Hyperparameters(epochs=2, max_steps=16, batch_size=16, learning_rate=1e-3, max_length=64)
+    defaults = dict(task="classify", name="tiny", hyperparameters=hp, progress=False)
+    defaults.update(overrides)
+    return BuildConfig(**defaults)
+
+
+@pytest.fixture(scope="session")
+def built_classifier(tmp_path_factory, tiny_checkpoint, sentiment_csv):
+    from nlpsuite.pipeline.build import build
+
+    repo = tmp_path_factory.mktemp("repo")
+    return build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=repo))
+
+
+@pytest.fixture(scope="session")
+def built_embedder(tmp_path_factory, tiny_checkpoint, sentiment_csv):
+    from nlpsuite.pipeline.build import build
+
+    repo = tmp_path_factory.mktemp("repo-embed")
+    return build(quick_config(task="embed", name="tiny-embed", data=sentiment_csv, base=tiny_checkpoint,
+                              repository=repo))

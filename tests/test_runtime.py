@@ -1,0 +1,35 @@
+"""Provider choice and tokenization, the serving-side pieces of the pipeline's output."""
+from __future__ import annotations
+
+import pytest
+
+from nlpsuite.shared.runtime import create_session, expected_provider, probe_provider
+from nlpsuite.shared.tokenization import TextEncoder, TextTooLongError
+
+
+def test_provider_is_what_the_session_really_runs_on(built_classifier):
+    path = built_classifier.variant_path("int8")
+    runtime = create_session(path, "auto")
+    assert runtime.provider == runtime.session.get_providers()[0]
+    assert runtime.provider == expected_provider("auto")
+    if not probe_provider("cuda"):
+        assert runtime.provider == "CPUExecutionProvider" and not runtime.on_gpu
+
+
+def test_forcing_a_missing_gpu_fails_loudly(built_classifier):
+    if probe_provider("cuda"):
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no execution provider could open"):
+        create_session(built_classifier.variant_path("fp32"), "cuda")
+
+
+def test_truncation_is_flagged_and_keeps_the_final_separator(built_classifier):
+    encoder = TextEncoder(built_classifier.tokenizer_path, max_length=8)
+    sep = encoder.tokenizer.token_to_id("[SEP]")
+    enc = encoder.encode(["short", "this sentence is clearly much longer than eight tokens in total"])
+    assert enc.truncated.tolist() == [False, True]
+    assert enc.input_ids.shape == (2, 8)
+    assert enc.input_ids[1, -1] == sep
+    assert enc.attention_mask[0].sum() == enc.lengths[0] < 8
+    with pytest.raises(TextTooLongError, match="texts\\[1\\] has \\d+ tokens, over the limit of 8"):
+        encoder.encode(["short", "this sentence is clearly much longer than eight tokens in total"], reject_overlong=True)
