@@ -82,6 +82,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantcheck(args: argparse.Namespace) -> int:
+    from nlpsuite.pipeline.quantcheck import print_report, run
+
+    report = run(args.model, args.data, args.text_col, args.label_col, args.texts, args.batch, args.tokens,
+                 args.rounds, args.threads, args.tolerance)
+    print_report(report)
+    return 0 if report["batch_invariant"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlpsuite", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -108,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-col", default="label")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("quantcheck", help="prove int8 batch invariance and compare variant throughput")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="texts to check (CSV/JSONL)")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--texts", type=int, default=200)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = all cores)")
+    p.add_argument("--tolerance", type=float, default=1e-3)
+    p.set_defaults(func=_cmd_quantcheck)
     return parser
 
 

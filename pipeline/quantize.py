@@ -7,12 +7,15 @@ outliers differ from token to token. This module instead rewrites every MatMul w
 into integer arithmetic whose activation scale is computed per token (per row of the last axis):
 
     s   = max(|x|, axis=-1) / 127                  (one scale per token, from that token alone)
-    x_q = QuantizeLinear(x, s)                     (int8, symmetric, per-axis over the flattened tokens)
-    y   = MatMulInteger(x_q, W_q) * w_scale * s    (W_q int8, one scale per output column)
+    x_q = QuantizeLinear(x, s, zero_point=128)     (uint8, symmetric around 128, per row of the flattened tokens)
+    y   = MatMulIntegerToFloat(x_q, W_q, w_scale) * s    (W_q int8, one scale per output column)
+
+uint8 activations with int8 weights is the combination ONNX Runtime's CPU GEMM (MLAS) is fastest at;
+MatMulIntegerToFloat is ORT's contrib op that applies the per-column weight scale in the GEMM epilogue.
 
 A token's result depends only on that token's activations, so batching cannot change it. Embedding
 tables (Gather on a constant 2-D table) are stored as int8 rows with one scale per row.
-All of this uses standard ONNX operators, so any ONNX Runtime build runs it.
+Everything but MatMulIntegerToFloat is a standard ONNX operator.
 """
 from __future__ import annotations
 
@@ -57,17 +60,21 @@ class _Graph:
         if x in self._quantized_inputs:
             return self._quantized_inputs[x]
         n = self.name
-        shape, prefix, x2d, absval, absmax, safe, scale, zero, zp_f, zp, x_q, scale_col = (n(s) for s in (
-            "shape", "prefix", "x2d", "abs", "absmax", "safe", "scale", "zero", "zpf", "zp", "xq", "scalecol"))
+        shape, prefix, x2d, high, low, neg_low, safe, scale, zero, zp_f, zp, x_q, scale_col = (n(s) for s in (
+            "shape", "prefix", "x2d", "high", "low", "neglow", "safe", "scale", "zero", "zpf", "zp", "xq",
+            "scalecol"))
         nodes = [
             helper.make_node("Shape", [x], [shape]),
             helper.make_node("Slice", [shape, self.const("start", np.array([0], np.int64)),
                                        self.const("end", np.array([-1], np.int64))], [prefix]),
             helper.make_node("Reshape", [x, self.const("rows", np.array([-1, k], np.int64))], [x2d]),
-            helper.make_node("Abs", [x2d], [absval]),
-            helper.make_node("ReduceMax", [absval], [absmax], axes=[1], keepdims=0),
-            helper.make_node("Max", [absmax, self.const("eps", np.array(1e-12, np.float32))], [safe]),
+            # max|x| as max(max x, -min x): two reads of x and no full-size temporary (Abs would write one).
+            helper.make_node("ReduceMax", [x2d], [high], axes=[1], keepdims=0),
+            helper.make_node("ReduceMin", [x2d], [low], axes=[1], keepdims=0),
+            helper.make_node("Neg", [low], [neg_low]),
+            helper.make_node("Max", [high, neg_low, self.const("eps", np.array(1e-12, np.float32))], [safe]),
             helper.make_node("Mul", [safe, self.const("inv127", np.array(1.0 / 127.0, np.float32))], [scale]),
+            # QuantizeLinear wants a zero point per row when the scale is per row: 128 for every token.
             helper.make_node("Mul", [scale, self.const("zeroes", np.array(0.0, np.float32))], [zero]),
             helper.make_node("Add", [zero, self.const("zp128", np.array(128.0, np.float32))], [zp_f]),
             helper.make_node("Cast", [zp_f], [zp], to=TensorProto.UINT8),
@@ -81,7 +88,7 @@ class _Graph:
 
 @dataclass(frozen=True)
 class _QuantizedInput:
-    values: str  # int8 [M, K]
+    values: str  # uint8 [M, K], zero point 128
     scale: str  # float [M, 1], one scale per token
     leading_shape: str  # the input's shape without its last axis, to restore the output's shape
 
@@ -91,7 +98,7 @@ def _quantize_matmul(g: _Graph, node: onnx.NodeProto, weight: np.ndarray) -> lis
     w_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
     w_q = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
     x = g.quantize_activation(node.input[0], k, node.name)
-    acc, acc_f, dequant, rescaled, out_shape = (g.name(s) for s in ("acc", "accf", "dq", "rescaled", "outshape"))
+    dequant, rescaled, out_shape = g.name("dq"), g.name("rescaled"), g.name("outshape")
     return [
         helper.make_node(
             "MatMulIntegerToFloat",
