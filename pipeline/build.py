@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 VARIANT_ORDER = ("fp32", "int8", "fp16")
 QUANTIZATION = (
-    "int8: per-channel symmetric int8 weights; per-token dynamic int8 activations (scale from each token's "
+    "int8: per-channel symmetric 7-bit weights in int8 (no u8s8 saturation on non-VNNI CPUs); per-token dynamic int8 activations (scale from each token's "
     "own max |x|), so a text's result is independent of its batch; embedding tables int8 per row. "
     "fp16: weights and compute in float16 with float32 inputs/outputs."
 )
