@@ -5,13 +5,11 @@
 #   docker build -f docker/cpu.Dockerfile --build-context models=./models -t nlpsuite-cpu:0.1.0-models .
 # The serving image holds the runtime dependencies only (pyproject [project] dependencies): no torch,
 # no [train] extra. onnxruntime-gpu runs on the CPU provider when no GPU is present.
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
 # --- models: empty unless replaced with `--build-context models=<dir>` (BuildKit named context) ---
 FROM scratch AS models
 
 # --- build: a virtual environment with nlpsuite and its pinned runtime dependencies ---
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -29,7 +27,8 @@ RUN pip install --no-compile -c constraints.txt . \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the serving image" >&2; exit 1; fi
 
 # --- runtime: non-root, no compilers, no source tree ---
-FROM ${PYTHON_IMAGE} AS runtime
+# Same base as the build stage: the venv's interpreter links are valid here.
+FROM python:3.11.14-slim-bookworm AS runtime
 ARG NLPSUITE_UID=10001
 LABEL org.opencontainers.image.title="nlpsuite (CPU)" \
       org.opencontainers.image.source="nlpsuite" \

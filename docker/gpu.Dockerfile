@@ -5,14 +5,11 @@
 # Bake a prebuilt model repository into the image (otherwise mount one at /models at run time):
 #   docker build -f docker/gpu.Dockerfile --build-context models=./models -t nlpsuite-gpu:0.1.0-models .
 # Runtime dependencies only: no torch, no [train] extra.
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-ARG BUILD_IMAGE=ubuntu:24.04
-
 # --- models: empty unless replaced with `--build-context models=<dir>` (BuildKit named context) ---
 FROM scratch AS models
 
 # --- build: the same Ubuntu release and Python (3.12) as the CUDA runtime base ---
-FROM ${BUILD_IMAGE} AS build
+FROM ubuntu:24.04 AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -33,7 +30,8 @@ RUN pip install --no-compile -c constraints.txt . \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the serving image" >&2; exit 1; fi
 
 # --- runtime: CUDA + cuDNN runtime libraries, Python, the venv; non-root ---
-FROM ${CUDA_IMAGE} AS runtime
+# CUDA 13.0 runtime libraries (cuBLAS, cuFFT, ...) and cuDNN 9 on Ubuntu 24.04, the build stage's release.
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime
 ARG NLPSUITE_UID=10001
 ENV DEBIAN_FRONTEND=noninteractive
 LABEL org.opencontainers.image.title="nlpsuite (GPU, CUDA 13)" \
