@@ -255,7 +255,8 @@ def test_serving_probes_are_native_grpc_and_drain_fits_the_grace_period(rendered
             f"{sleep_s} + grace_s {grace_s} + 5")
     mon = _of(docs, "Deployment")["nlpsuite-monitor"]
     mon_grace = float(_env_configmap(docs, mon)["NLPSUITE_MONITOR_SHUTDOWN_GRACE_S"])
-    assert _pod(mon)["terminationGracePeriodSeconds"] >= mon_grace + 10
+    # measured: 23.5 s from SIGTERM to exit with the broker unreachable (shutdown_grace_s 10)
+    assert _pod(mon)["terminationGracePeriodSeconds"] >= mon_grace + 30
 
 
 def _variants(docs: list[dict]) -> dict[str, str]:
