@@ -72,6 +72,14 @@ def _find_tool(name: str, *extra_dirs: Path) -> str | None:
     return None
 
 
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _missing("kubernetes-validate is not installed")
+    return kubernetes_validate
+
+
 # -- rendering ---------------------------------------------------------------------------------------
 
 
@@ -135,7 +143,7 @@ def _service_config(docs: list[dict], dep: dict) -> dict:
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
 def test_overlay_validates_against_pinned_kubernetes(rendered, overlay):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    kv = _kubernetes_validate()
     docs = rendered[overlay]
     assert docs, f"{overlay} rendered nothing"
     skipped = []
@@ -158,7 +166,7 @@ def test_overlay_validates_against_pinned_kubernetes(rendered, overlay):
 
 def test_validation_catches_a_broken_manifest(rendered):
     """kubernetes-validate really rejects what the API server would (a named port on a gRPC probe)."""
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    kv = _kubernetes_validate()
     dep = json.loads(json.dumps(_of(rendered["cpu"], "Deployment")["nlpsuite-sentiment"]))
     _pod(dep)["containers"][0]["livenessProbe"]["grpc"]["port"] = "grpc"
     with pytest.raises(kv.ValidationError):
