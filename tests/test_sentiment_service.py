@@ -114,7 +114,7 @@ def test_overlong_text_is_truncated_and_flagged(client):
 
 
 @pytest.mark.parametrize("texts, field", [
-    ([], "texts is empty"),
+    ([], "texts is empty: send at least one"),
     (["ok", ""], "texts[1] is empty"),
     (["ok", "   "], "texts[1] is empty"),
     (["x"] * 65, "texts has 65 items"),
