@@ -235,3 +235,17 @@ def test_shutdown_drains_in_flight_calls(built_classifier):
     c.close()
     srv.server = None
     srv.stop()
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_costs_no_compute(built_classifier):
+    settings = settings_for(built_classifier, batch=BatchSettings(max_delay_ms=800, max_batch_size=32))
+    with ServerThread(SentimentService(settings)).start() as srv, SentimentClient(srv.target) as c:
+        batcher = srv.service.model.batcher
+        before = batcher.batches
+        with pytest.raises(grpc.RpcError) as err:
+            c.analyze(["too slow for me"], timeout=0.2)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.0)  # past the batching delay: the worker has looked at the queue again
+        assert batcher.batches == before and batcher.depth == 0
+        assert c.analyze(["next one"]).results[0].label
+        assert batcher.batches == before + 1
