@@ -92,7 +92,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_texts: bool = Field(False, description="log customer text (DEBUG only); off by default")
     sentiment: SentimentSettings = Field(default_factory=SentimentSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)

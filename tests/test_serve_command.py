@@ -73,3 +73,13 @@ def test_serve_sentiment_process(tmp_path, built_classifier):
     ready = next(e for e in logs if e["msg"] == "model ready")
     assert ready["variant"] == "int8" and ready["provider"] == "CPUExecutionProvider"
     assert "Norvale Mining shares jump" not in err  # customer text is not logged
+
+
+def test_serve_all_builds_the_three_services_on_their_own_ports():
+    from nlpsuite.cli import make_services
+    from nlpsuite.shared.config import load_settings
+
+    services = make_services(["sentiment", "chat", "recommend"], load_settings())
+    assert [s.service_name for s in services] == ["nlpsuite.v1.SentimentService", "nlpsuite.v1.ChatService",
+                                                  "nlpsuite.v1.RecommendService"]
+    assert len({s.settings.port for s in services}) == 3
