@@ -94,15 +94,8 @@ class GrpcServer:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.settings = service.settings
-        self.health = health.aio.HealthServicer()
-        limit = self.settings.max_message_bytes
-        # The transport accepts a little more than the configured limit, so that a too-big request
-        # reaches the handler and gets INVALID_ARGUMENT naming the field (beyond 2x: RESOURCE_EXHAUSTED).
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 2 * limit + 65536),
-            ("grpc.max_send_message_length", 2 * limit + 65536),
-            ("grpc.so_reuseport", 0),
-        ])
+        self.health: health.aio.HealthServicer | None = None
+        self.server: grpc.aio.Server | None = None  # created in start(), on the loop that runs it
         self.port: int | None = None
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -110,6 +103,15 @@ class GrpcServer:
 
     async def start(self) -> int:
         name = self.service.service_name
+        limit = self.settings.max_message_bytes
+        self.health = health.aio.HealthServicer()
+        # The transport accepts a little more than the configured limit, so that a too-big request
+        # reaches the handler and gets INVALID_ARGUMENT naming the field (beyond 2x: RESOURCE_EXHAUSTED).
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 2 * limit + 65536),
+            ("grpc.max_send_message_length", 2 * limit + 65536),
+            ("grpc.so_reuseport", 0),
+        ])
         self.service.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -147,6 +149,8 @@ class GrpcServer:
         self._stopped.set()
         grace = self.settings.grace_s if grace is None else grace
         log.info("shutting down", extra={"service": self.service.short_name, "grace_s": grace})
+        if self.server is None or self.health is None:  # never started
+            return
         await self.health.enter_graceful_shutdown()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
