@@ -1,9 +1,10 @@
 """Benchmark (not a test): SentimentService under 32 concurrent clients vs the bare ONNX Runtime limit.
 
 Run in one process tree: this script measures the bare runtime in-process (the same int8 model on the same
-texts at the best batch size), then starts `nlpsuite serve sentiment` as a child process and drives it with
+texts at the best batch size and thread layout: 1 or 2 ORT threads, 1 or 2 concurrent runs), then starts `nlpsuite serve sentiment` as a child process and drives it with
 N concurrent grpc.aio clients, each sending one ~32-token text per request, and finally measures p50/p99 at
-concurrency 1. Prints a JSON summary as the last line.
+concurrency 1. The bare limit is measured again after the served run (shared machines drift) and the ratio
+uses the mean of the two. Prints a JSON summary as the last line.
 
     python benchmarks/serve_sentiment.py --repository /tmp/serve-models --model sentiment
 """
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -55,20 +57,36 @@ def make_texts(encoder, n: int, tokens: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def bare_limit(version, texts: list[str], threads: int, seconds: float) -> tuple[float, int, dict]:
-    """Texts/s of the bare runtime at each batch size (tokenize + pad + run, like the server); the best."""
-    model = open_model(version, variant="int8", intra_threads=threads)
-    results = {}
-    for batch in (1, 8, 32, 64):
-        chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
-        for chunk in chunks[:2]:
-            model.predict(chunk)
-        done, started, i = 0, time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
+def _bare_rate(model, texts: list[str], batch: int, seconds: float, workers: int) -> float:
+    """Texts/s of `workers` threads each running tokenize + pad + run on batches (ORT releases the GIL)."""
+    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+    model.predict(chunks[0])
+    stop_at = time.perf_counter() + seconds
+
+    def loop(offset: int) -> int:
+        done, i = 0, offset
+        while time.perf_counter() < stop_at:
             model.predict(chunks[i % len(chunks)])
-            done += len(chunks[i % len(chunks)])
+            done += batch
             i += 1
-        results[batch] = done / (time.perf_counter() - started)
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        total = sum(pool.map(loop, range(workers)))
+    return total / (time.perf_counter() - started)
+
+
+BARE_MODES = ((1, 1), (2, 1), (1, 2))  # (ORT threads per run, concurrent runs)
+
+
+def bare_limit(version, texts: list[str], seconds: float) -> tuple[float, tuple[int, int, int], dict]:
+    """The bare runtime's best texts/s over batch sizes and thread layouts (the same int8 model, in-process)."""
+    results = {}
+    for threads, workers in BARE_MODES:
+        model = open_model(version, variant="int8", intra_threads=threads)
+        for batch in (1, 8, 32, 64):
+            results[(batch, threads, workers)] = _bare_rate(model, texts, batch, seconds, workers)
     best = max(results, key=results.get)
     return results[best], best, results
 
@@ -142,7 +160,6 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--bare-threads", type=int, default=2, help="ONNX Runtime threads for the bare limit")
     p.add_argument("--workers", type=int, default=2, help="server: concurrent batches")
     p.add_argument("--threads", type=int, default=1, help="server: ONNX Runtime threads per batch")
     p.add_argument("--max-delay-ms", type=float, default=2.0)
@@ -159,8 +176,10 @@ def main() -> int:
           f"{min(lengths)}-{max(lengths)} tokens", flush=True)
 
     # The machine may be shared: measure the bare limit before and after the served run and use the mean.
-    before, best_batch, per_batch = bare_limit(version, texts, args.bare_threads, args.seconds / 3)
-    print("bare runtime texts/s by batch size: " + ", ".join(f"{b}: {v:.0f}" for b, v in per_batch.items()), flush=True)
+    before, best, per_mode = bare_limit(version, texts, args.seconds / 4)
+    print("bare runtime texts/s by (batch, threads, concurrent runs): "
+          + ", ".join(f"{k}: {v:.0f}" for k, v in per_mode.items()), flush=True)
+    best_batch = best[0]
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,14 +200,16 @@ def main() -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
-    after = _bare_at(version, texts, args.bare_threads, best_batch, args.seconds)
+    after = _bare_rate(open_model(version, variant="int8", intra_threads=best[1]), texts, best[0], args.seconds / 2,
+                       best[2])
     limit = (before + after) / 2
-    print(f"bare limit at batch {best_batch}: {before:.0f} texts/s before, {after:.0f} after", flush=True)
+    print(f"bare limit at batch {best[0]} x {best[1]} threads x {best[2]} runs: {before:.0f} texts/s before, "
+          f"{after:.0f} after", flush=True)
     lat_ms = np.array(lat) * 1000
     summary = {
         "clients": args.clients, "tokens": args.tokens,
         "served_texts_per_s": round(served, 1),
-        "bare_limit_texts_per_s": round(limit, 1), "bare_best_batch": best_batch,
+        "bare_limit_texts_per_s": round(limit, 1), "bare_best": {"batch": best[0], "threads": best[1], "concurrent_runs": best[2]},
         "bare_before": round(before, 1), "bare_after": round(after, 1), "load_avg_1m": round(os.getloadavg()[0], 2),
         "ratio": round(served / limit, 3),
         "p50_ms_c1": round(float(np.percentile(lat_ms, 50)), 2),
@@ -201,18 +222,6 @@ def main() -> int:
           f"p99 {summary['p99_ms_c1']} ms")
     print(json.dumps(summary))
     return 0
-
-
-def _bare_at(version, texts: list[str], threads: int, batch: int, seconds: float) -> float:
-    model = open_model(version, variant="int8", intra_threads=threads)
-    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
-    model.predict(chunks[0])
-    done, started, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        model.predict(chunks[i % len(chunks)])
-        done += batch
-        i += 1
-    return done / (time.perf_counter() - started)
 
 
 async def _sequential(target: str, texts: list[str], n: int) -> tuple[float, list[float]]:
