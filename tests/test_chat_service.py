@@ -15,7 +15,7 @@ from nlpsuite.shared.config import ChatSettings, ModelSettings
 from nlpsuite.shared.model import open_model, softmax
 from nlpsuite.shared.resources import examples_path
 from nlpsuite.v1 import chat_pb2
-from tests.servers import ServerThread
+from tests.servers import ServerThread, reflected_services
 
 
 def model_settings(version) -> ModelSettings:
@@ -155,3 +155,11 @@ def test_knowledge_base_rejects_bad_files(tmp_path):
     path.write_text("faq:\n  - {id: a, question: q, answer: x}\n  - {id: a, question: q2, answer: y}\n")
     with pytest.raises(ValueError, match="duplicate FAQ id"):
         KnowledgeBase.load(path)
+
+
+def test_health_and_reflection(server):
+    from grpc_health.v1 import health_pb2
+
+    assert server.health("nlpsuite.v1.ChatService") == health_pb2.HealthCheckResponse.SERVING
+    assert {"nlpsuite.v1.ChatService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= reflected_services(server.target)

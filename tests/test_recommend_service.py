@@ -15,7 +15,7 @@ from nlpsuite.services.recommend.scoring import Ranker, auc, user_vectors
 from nlpsuite.services.recommend.service import RecommendService
 from nlpsuite.shared.config import ModelSettings, RecommendSettings
 from nlpsuite.shared.model import open_model
-from tests.servers import ServerThread
+from tests.servers import ServerThread, reflected_services
 
 GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi", "Romance", "Western"]
 
@@ -175,3 +175,11 @@ def test_bad_input_is_invalid_argument_naming_the_field(client, build, needle):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details()
     assert client.rank(client.user(profile="still up"), CANDIDATES, k=1).items
+
+
+def test_health_and_reflection(server):
+    from grpc_health.v1 import health_pb2
+
+    assert server.health("nlpsuite.v1.RecommendService") == health_pb2.HealthCheckResponse.SERVING
+    assert {"nlpsuite.v1.RecommendService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= reflected_services(server.target)
