@@ -72,3 +72,16 @@ def built_embedder(tmp_path_factory, tiny_checkpoint, sentiment_csv):
     repo = tmp_path_factory.mktemp("repo-embed")
     return build(quick_config(task="embed", name="tiny-embed", data=sentiment_csv, base=tiny_checkpoint,
                               repository=repo))
+
+
+@pytest.fixture(scope="session")
+def built_intent(tmp_path_factory, tiny_checkpoint):
+    """A tiny intent classifier on the shipped examples/intents.csv (26 intents)."""
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    repo = tmp_path_factory.mktemp("repo-intent")
+    hp = Hyperparameters(epochs=8, max_steps=240, batch_size=16, learning_rate=3e-3, max_length=64)
+    return build(quick_config(name="tiny-intent", data=examples_dir() / "intents.csv", label_col="intent",
+                              base=tiny_checkpoint, repository=repo, hyperparameters=hp, force=True,
+                              variants=("fp32", "int8")))

@@ -1,0 +1,84 @@
+"""Intent accuracy through ChatService (real server, real channel) vs the intent model's own, on a labelled CSV.
+
+    python benchmarks/chat_intent_accuracy.py --repository /tmp/serve-models \
+        --data /work/shared/data/banking77/dev.csv --label-col category
+
+Every message goes to Reply in a fresh conversation (and all texts to ClassifyIntent in batches); the
+model's own predictions come from the same ONNX variant run in-process. Last line: JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from nlpsuite.services.chat.client import ChatClient
+from nlpsuite.services.chat.service import ChatService
+from nlpsuite.shared.config import ChatSettings, ModelSettings
+from nlpsuite.shared.model import open_model, softmax
+from nlpsuite.shared.model_repo import ModelRepository
+from nlpsuite.shared.server import GrpcServer
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=Path("models"))
+    p.add_argument("--intent-model", default="intent")
+    p.add_argument("--embedder", default="embedder")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="intent")
+    p.add_argument("--knowledge-base", type=Path)
+    args = p.parse_args()
+
+    rows = list(csv.DictReader(open(args.data, newline="", encoding="utf-8")))
+    texts, gold = [r[args.text_col] for r in rows], [r[args.label_col] for r in rows]
+    version = ModelRepository(args.repository).resolve(args.intent_model)
+    model = open_model(version)
+    labels = version.manifest.labels
+    own = np.concatenate([softmax(model.predict(texts[i:i + 32])) for i in range(0, len(texts), 32)])
+    own_pred = [labels[i] for i in own.argmax(1)]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = ChatSettings(host="127.0.0.1", port=port, max_items=64, knowledge_base=args.knowledge_base,
+                            intent_model=ModelSettings(name=args.intent_model, repository=args.repository),
+                            embedder=ModelSettings(name=args.embedder, repository=args.repository))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = GrpcServer(ChatService(settings))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
+    asyncio.run_coroutine_threadsafe(server.wait_ready(), loop).result(300)
+    try:
+        with ChatClient(f"127.0.0.1:{port}") as client:
+            batched = [p.intent for i in range(0, len(texts), 64)
+                       for p in client.classify_intent(texts[i:i + 64]).predictions]
+            replies = [client.reply(f"eval-{i}", t) for i, t in enumerate(texts)]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(5), loop).result(60)
+    reply_pred = [r.intent for r in replies]
+    acc = lambda pred: float(np.mean([a == b for a, b in zip(pred, gold)]))  # noqa: E731
+    handoffs = [r for r in replies if r.handoff]
+    summary = {
+        "n": len(texts), "model_accuracy": round(acc(own_pred), 4),
+        "classify_intent_accuracy": round(acc(batched), 4), "reply_accuracy": round(acc(reply_pred), 4),
+        "reply_agrees_with_model": round(float(np.mean([a == b for a, b in zip(reply_pred, own_pred)])), 4),
+        "handoff_rate": round(len(handoffs) / len(texts), 4),
+        "handoff_low_confidence": sum(r.handoff_reason == "low_confidence" for r in handoffs),
+        "faq_answers": sum(r.source == 2 for r in replies),
+        "intent_threshold": settings.intent_threshold, "handoff_threshold": settings.handoff_threshold,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
