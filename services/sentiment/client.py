@@ -1,0 +1,60 @@
+"""A small client for SentimentService: `SentimentClient("localhost:50051").analyze(["..."])`."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
+
+
+class SentimentClient:
+    def __init__(self, target: str, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
+        self._own = channel is None
+        self.channel = channel or grpc.insecure_channel(target)
+        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
+        self.timeout = timeout
+
+    def analyze(self, texts: list[str], timeout: float | None = None) -> sentiment_pb2.AnalyzeResponse:
+        return self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=timeout or self.timeout)
+
+    def analyze_stream(self, items: Iterable[tuple[str, str]], timeout: float | None = None
+                       ) -> Iterator[sentiment_pb2.AnalyzeStreamResponse]:
+        """(request_id, text) pairs in; responses out as they are ready (match them by request_id)."""
+        requests = (sentiment_pb2.AnalyzeStreamRequest(request_id=rid, text=text) for rid, text in items)
+        return self.stub.AnalyzeStream(requests, timeout=timeout)
+
+    def close(self) -> None:
+        if self._own:
+            self.channel.close()
+
+    def __enter__(self) -> SentimentClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSentimentClient:
+    """The same over grpc.aio, for asyncio programs (e.g. the Kafka monitor)."""
+
+    def __init__(self, target: str, timeout: float | None = 30.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
+        self.timeout = timeout
+
+    async def analyze(self, texts: list[str], timeout: float | None = None) -> sentiment_pb2.AnalyzeResponse:
+        return await self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=timeout or self.timeout)
+
+    def analyze_stream(self, timeout: float | None = None):
+        """A bidirectional call: `await call.write(req)`, `await call.done_writing()`, `async for r in call`."""
+        return self.stub.AnalyzeStream(timeout=timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncSentimentClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,143 @@
+"""SentimentService: label and scores per text, topics and watchlist entities; unary and streaming."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from nlpsuite.shared.config import SentimentSettings
+from nlpsuite.shared.errors import InvalidArgument, ServiceError
+from nlpsuite.shared.server import Service, unary
+from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.services.sentiment.watchlist import Watchlist
+from nlpsuite.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def check_texts(texts, settings, field: str = "texts") -> None:
+    if len(texts) == 0:
+        raise InvalidArgument(f"{field} is empty: send at least one text")
+    if len(texts) > settings.max_items:
+        raise InvalidArgument(f"{field} has {len(texts)} items, over the limit of {settings.max_items} (max_items)")
+    for i, text in enumerate(texts):
+        check_text(text, settings, f"{field}[{i}]")
+
+
+def check_text(text: str, settings, field: str) -> None:
+    if not text.strip():
+        raise InvalidArgument(f"{field} is empty")
+    if len(text) > settings.max_text_chars:
+        raise InvalidArgument(f"{field} has {len(text)} characters, over the limit of {settings.max_text_chars}")
+
+
+class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
+    service_name = sentiment_pb2.DESCRIPTOR.services_by_name["SentimentService"].full_name
+    short_name = "sentiment"
+
+    def __init__(self, settings: SentimentSettings) -> None:
+        super().__init__(settings)
+        self.settings: SentimentSettings = settings
+        self.model = ServedModel(settings.model, settings.batch, settings.max_tokens, settings.reject_overlong,
+                                 self.metrics)
+        self.watchlist: Watchlist | None = None
+
+    def models(self):
+        return [self.model]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        sentiment_pb2_grpc.add_SentimentServiceServicer_to_server(self, server)
+
+    async def load(self) -> None:
+        self.watchlist = Watchlist.load(self.settings.watchlist)
+        await super().load()
+        if self.model.model is not None and self.model.model.manifest.task != "classify":
+            raise ValueError(f"sentiment model {self.settings.model.name} is a "
+                             f"{self.model.model.manifest.task!r} model, not a classifier")
+
+    def _result(self, text: str, probs: np.ndarray, truncated: bool) -> sentiment_pb2.SentimentResult:
+        labels = self.model.labels
+        best = int(np.argmax(probs))
+        assert self.watchlist is not None
+        return sentiment_pb2.SentimentResult(
+            label=labels[best], confidence=float(probs[best]),
+            scores=[common_pb2.LabelScore(label=label, score=float(p)) for label, p in zip(labels, probs)],
+            topics=self.watchlist.topics(text),
+            entities=[sentiment_pb2.EntityMention(name=m.name, ticker=m.ticker, matched=m.matched)
+                      for m in self.watchlist.entities(text)],
+            truncated=truncated,
+        )
+
+    @unary("Analyze", field="texts")
+    async def Analyze(self, request: sentiment_pb2.AnalyzeRequest, context, timing: Timing):
+        check_texts(request.texts, self.settings)
+        texts = list(request.texts)
+        result = await self.model.infer(texts, timing, deadline_of(context))
+        return sentiment_pb2.AnalyzeResponse(
+            results=[self._result(t, p, tr) for t, p, tr in zip(texts, result.outputs, result.truncated)],
+            model=self.model.info(), timing=timing.proto(),
+        )
+
+    async def AnalyzeStream(self, request_iterator, context):
+        """Each item runs as soon as it arrives (batched with everything else); replies in completion order."""
+        out: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+        window = asyncio.Semaphore(max(1, self.settings.batch.queue_capacity // 4))  # backpressure per stream
+        code = "OK"
+
+        async def one(item: sentiment_pb2.AnalyzeStreamRequest) -> None:
+            timing = Timing(time.perf_counter())
+            try:
+                check_text(item.text, self.settings, "text")
+                if item.ByteSize() > self.settings.max_message_bytes:
+                    raise InvalidArgument(f"text: message over the limit of {self.settings.max_message_bytes} bytes")
+                result = await self.model.infer([item.text], timing, deadline_of(context))
+                reply = sentiment_pb2.AnalyzeStreamResponse(
+                    request_id=item.request_id, result=self._result(item.text, result.outputs[0], result.truncated[0]),
+                    model=self.model.info(), timing=timing.proto())
+                status = "OK"
+            except ServiceError as exc:
+                reply = sentiment_pb2.AnalyzeStreamResponse(
+                    request_id=item.request_id, error=f"{exc.code.name}: {exc}", model=self.model.info(),
+                    timing=timing.proto())
+                status = exc.code.name
+            except Exception:  # noqa: BLE001 - one bad item must not end the stream
+                log.exception("stream item failed")
+                reply = sentiment_pb2.AnalyzeStreamResponse(request_id=item.request_id, error="INTERNAL: internal error")
+                status = "INTERNAL"
+            finally:
+                window.release()
+            self.metrics.observe_request("AnalyzeStream.item", status, timing.stages())
+            await out.put(reply)
+
+        async def reader() -> None:
+            try:
+                async for item in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(one(item))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while True:
+                reply = await out.get()
+                if reply is None:
+                    break
+                yield reply
+            await read_task
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            read_task.cancel()
+            for task in list(pending):
+                task.cancel()
+            self.metrics.requests.labels(self.short_name, "AnalyzeStream", code).inc()

@@ -1,0 +1,149 @@
+"""Serving configuration: pydantic-settings with an `NLPSUITE_` env prefix plus an optional YAML file.
+
+Precedence, highest first: constructor arguments, environment variables (nested with `__`, e.g.
+`NLPSUITE_SENTIMENT__PORT=50061`), the YAML file (`--config` or `NLPSUITE_CONFIG`), then the defaults here.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ENV_PREFIX = "NLPSUITE_"
+_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("nlpsuite_yaml_path", default=None)
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message says which setting and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    name: str
+    repository: Path = Path("models")
+    version: str | None = None  # None: the newest published version
+    variant: Literal["int8", "fp16", "fp32"] | None = None  # None: int8 on CPU, fp16 on GPU
+    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
+    intra_threads: int = Field(1, ge=0, description="ONNX Runtime threads per batch run (0: runtime default)")
+
+
+class BatchSettings(_Strict):
+    workers: int = Field(2, ge=1, description="batches run concurrently (each on its own thread)")
+    max_batch_size: int = Field(32, ge=1)
+    max_batch_tokens: int = Field(4096, ge=1, description="budget of padded tokens (size x longest) per batch")
+    max_delay_ms: float = Field(2.0, ge=0, description="longest wait for company once a request is queued")
+    queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
+
+
+class ServiceSettings(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; None: off")
+    max_tokens: int = Field(128, ge=8, description="token limit per text, special tokens included")
+    reject_overlong: bool = False
+    max_items: int = Field(256, ge=1, description="most texts (or candidates) in one request")
+    max_text_chars: int = Field(20_000, ge=1)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+
+
+class SentimentSettings(ServiceSettings):
+    port: int = Field(50051, ge=0, le=65535)
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings(name="sentiment"))
+    watchlist: Path | None = None  # None: the shipped examples/watchlist.yaml
+
+
+class ChatSettings(ServiceSettings):
+    port: int = Field(50052, ge=0, le=65535)
+    intent_model: ModelSettings = Field(default_factory=lambda: ModelSettings(name="intent"))
+    embedder: ModelSettings = Field(default_factory=lambda: ModelSettings(name="embedder"))
+    knowledge_base: Path | None = None  # None: the shipped examples/knowledge_base.yaml
+    intent_threshold: float = Field(0.5, ge=0, le=1, description="below: try the FAQ")
+    faq_threshold: float = Field(0.6, ge=-1, le=1, description="FAQ similarity needed to answer from it")
+    handoff_threshold: float = Field(0.2, ge=0, le=1, description="below (and no FAQ match): hand off")
+    handoff_intents: list[str] = Field(default_factory=lambda: ["speak_to_human"])
+    context_turns: int = Field(5, ge=1)
+    context_ttl_s: float = Field(1800.0, gt=0)
+    max_conversations: int = Field(10_000, ge=1)
+    top_k: int = Field(3, ge=1)
+
+
+class RecommendSettings(ServiceSettings):
+    port: int = Field(50053, ge=0, le=65535)
+    embedder: ModelSettings = Field(default_factory=lambda: ModelSettings(name="embedder"))
+    ranker: ModelSettings | None = Field(
+        default_factory=lambda: ModelSettings(name="recommender"),
+        description="weights from `nlpsuite build --task recommend`; None: text match only",
+    )
+    max_items: int = Field(1000, ge=1)
+    max_history: int = Field(500, ge=1)
+    cache_size: int = Field(100_000, ge=1, description="item embeddings kept (LRU by id and text hash)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_texts: bool = Field(False, description="log customer text (DEBUG only); off by default")
+    sentiment: SentimentSettings = Field(default_factory=SentimentSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        used: dict[int, str] = {}
+        for name in ("sentiment", "chat", "recommend"):
+            section: ServiceSettings = getattr(self, name)
+            for kind, port in (("port", section.port), ("metrics_port", section.metrics_port)):
+                if port:  # 0 = any free port
+                    if port in used:
+                        raise ValueError(f"{name}.{kind} {port} is also {used[port]}")
+                    used[port] = f"{name}.{kind}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _yaml_path.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from env and the YAML file (`config`, else $NLPSUITE_CONFIG); ConfigError names bad fields."""
+    path = config or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    token = _yaml_path.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        source = f" (from {path} and {ENV_PREFIX}* environment variables)" if path else ""
+        raise ConfigError(f"invalid configuration{source}:\n{_describe(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. YAML syntax errors
+        raise ConfigError(f"invalid configuration file {path}: {exc}") from None
+    finally:
+        _yaml_path.reset(token)

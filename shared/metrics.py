@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per server, exposed on their own HTTP port."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.requests = Counter("nlpsuite_requests", "RPCs by method and status code",
+                                ["service", "method", "code"], registry=self.registry)
+        self.latency = Histogram("nlpsuite_stage_seconds", "Latency by stage (tokenize, queue, inference, total)",
+                                 ["service", "method", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("nlpsuite_batch_size", "Texts per model batch", ["service", "model"],
+                                    buckets=_SIZE_BUCKETS, registry=self.registry)
+        self.batch_tokens = Histogram("nlpsuite_batch_tokens", "Padded tokens per model batch",
+                                      ["service", "model"], buckets=_TOKEN_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("nlpsuite_queue_depth", "Texts waiting in the batcher", ["service", "model"],
+                                 registry=self.registry)
+        self._server = None
+        self.port: int | None = None
+
+    def observe_request(self, method: str, code: str, stages_us: dict[str, int]) -> None:
+        self.requests.labels(self.service, method, code).inc()
+        for stage, us in stages_us.items():
+            self.latency.labels(self.service, method, stage).observe(us / 1e6)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the /metrics HTTP endpoint (port 0: any free port); returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        self.port = server.server_port
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

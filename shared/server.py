@@ -1,0 +1,180 @@
+"""Server bootstrap: grpc.aio server with health and reflection, metrics, warm-up, graceful shutdown."""
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nlpsuite.shared.config import ServiceSettings
+from nlpsuite.shared.errors import InvalidArgument, ServiceError
+from nlpsuite.shared.metrics import Metrics
+from nlpsuite.shared.serving import ServedModel, Timing
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Service(abc.ABC):
+    """One gRPC service: its models, its handlers, its metrics."""
+
+    service_name: str  # full proto name, e.g. "nlpsuite.v1.SentimentService"
+    short_name: str  # e.g. "sentiment"
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(self.short_name)
+
+    @abc.abstractmethod
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    @abc.abstractmethod
+    def models(self) -> Sequence[ServedModel]: ...
+
+    async def load(self) -> None:
+        """Load and warm up every model (and whatever else the service needs) before SERVING."""
+        for model in self.models():
+            await model.load()
+
+    async def close(self) -> None:
+        for model in self.models():
+            await model.close()
+
+    def check_size(self, request, field: str) -> None:
+        size = request.ByteSize()
+        if size > self.settings.max_message_bytes:
+            raise InvalidArgument(f"{field}: request is {size} bytes, over the limit of "
+                                  f"{self.settings.max_message_bytes} (max_message_bytes)")
+
+
+Handler = Callable[..., Awaitable]
+
+
+def unary(method: str, field: str):
+    """Wrap a unary handler `(self, request, context, timing)`: size check, status mapping, metrics."""
+
+    def decorate(fn: Handler):
+        @functools.wraps(fn)
+        async def wrapper(self: Service, request, context: grpc.aio.ServicerContext):
+            timing = Timing(time.perf_counter())
+            code = "OK"
+            try:
+                self.check_size(request, field)
+                return await fn(self, request, context, timing)
+            except ServiceError as exc:
+                code = exc.code.name
+                await context.abort(exc.code, str(exc))
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:  # noqa: BLE001 - never take the server down; log and answer INTERNAL
+                code = "INTERNAL"
+                log.exception("handler failed", extra={"service": self.short_name, "method": method})
+                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error")
+            finally:
+                self.metrics.observe_request(method, code, timing.stages())
+
+        return wrapper
+
+    return decorate
+
+
+class GrpcServer:
+    """One service on its own port: NOT_SERVING until its models are loaded and warmed up."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.health = health.aio.HealthServicer()
+        limit = self.settings.max_message_bytes
+        # The transport accepts a little more than the configured limit, so that a too-big request
+        # reaches the handler and gets INVALID_ARGUMENT naming the field (beyond 2x: RESOURCE_EXHAUSTED).
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 2 * limit + 65536),
+            ("grpc.max_send_message_length", 2 * limit + 65536),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.port: int | None = None
+        self.ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._load_task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        name = self.service.service_name
+        self.service.add_to_server(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        await self.health.set("", NOT_SERVING)
+        await self.health.set(name, NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        if self.settings.metrics_port is not None:
+            metrics_port = self.service.metrics.serve(self.settings.metrics_port, self.settings.host)
+            log.info("metrics listening", extra={"service": self.service.short_name, "port": metrics_port})
+        log.info("listening; loading models", extra={"service": self.service.short_name, "port": self.port})
+        self._load_task = asyncio.create_task(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        await self.service.load()
+        await self.health.set("", SERVING)
+        await self.health.set(self.service.service_name, SERVING)
+        self.ready.set()
+        log.info("serving", extra={"service": self.service.short_name, "port": self.port,
+                                   "load_s": round(time.perf_counter() - started, 3)})
+
+    async def wait_ready(self) -> None:
+        """Until SERVING; raises if loading failed."""
+        assert self._load_task is not None
+        await asyncio.shield(self._load_task)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, stop taking new RPCs, let in-flight ones finish within the grace period."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.grace_s if grace is None else grace
+        log.info("shutting down", extra={"service": self.service.short_name, "grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await self.server.stop(grace)
+        await self.service.close()
+        self.service.metrics.close()
+        log.info("stopped", extra={"service": self.service.short_name})
+
+
+async def serve_forever(services: Sequence[Service]) -> None:
+    """Run services until SIGTERM/SIGINT, then shut each down gracefully. Fails fast if a load fails."""
+    servers = [GrpcServer(s) for s in services]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for server in servers:
+            await server.start()
+        loads = [asyncio.ensure_future(s.wait_ready()) for s in servers]
+        stopper = asyncio.ensure_future(stop.wait())
+        pending = set(loads)
+        while pending and not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopper)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()
+        await stopper
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)

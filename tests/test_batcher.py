@@ -1,0 +1,161 @@
+"""The dynamic batcher with a real (numpy) batch function: results, budgets, bucketing, deadlines, capacity."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nlpsuite.shared.batcher import DeadlineExpiredError, DynamicBatcher, QueueFullError
+
+
+class Recorder:
+    """Row i of the output is [sum(ids), len(ids)]; every batch's id lists are recorded."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, ids: list[list[int]]) -> np.ndarray:
+        with self.lock:
+            self.batches.append(ids)
+        if self.delay:
+            time.sleep(self.delay)
+        return np.array([[sum(seq), len(seq)] for seq in ids], dtype=np.float64)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_every_text_gets_its_own_row_back_under_concurrency():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=8, max_batch_tokens=10_000, max_delay_s=0.005, workers=2)
+        await batcher.start()
+        rng = np.random.default_rng(0)
+        texts = [list(rng.integers(1, 100, size=int(rng.integers(1, 40)))) for _ in range(200)]
+        results = await asyncio.gather(*(batcher.submit([t]) for t in texts))
+        await batcher.stop()
+        return texts, results
+
+    texts, results = run(main())
+    for text, (res,) in zip(texts, results):
+        assert res.output.tolist() == [sum(text), len(text)]
+    assert all(len(b) <= 8 for b in rec.batches)
+    assert max(len(b) for b in rec.batches) > 1, "concurrent texts should share batches"
+
+
+def test_batches_respect_the_token_budget_and_bucket_by_length():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=64, max_batch_tokens=40, max_delay_s=0.05, workers=1)
+        await batcher.start()
+        # Interleaved short (2 tokens) and long (10 tokens) texts, all queued before the first batch forms.
+        texts = [[1] * (2 if i % 2 else 10) for i in range(16)]
+        await batcher.submit(texts)
+        await batcher.stop()
+
+    run(main())
+    for batch in rec.batches:
+        assert max(map(len, batch)) * len(batch) <= 40
+    # Bucketing: a batch of short texts holds only short texts (no padding to 10).
+    assert any(len(b) > 1 and max(map(len, b)) == 2 for b in rec.batches)
+    mixed = [b for b in rec.batches if len({len(s) for s in b}) > 1]
+    assert len(mixed) <= 1
+
+
+def test_a_single_text_over_the_budget_still_runs_alone():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=4, max_batch_tokens=8, max_delay_s=0.0)
+        await batcher.start()
+        (res,) = await batcher.submit([[5] * 20])
+        await batcher.stop()
+        return res
+
+    assert run(main()).batch_size == 1
+
+
+def test_a_full_queue_refuses_at_once_and_takes_nothing():
+    rec = Recorder(delay=0.2)
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, capacity=3, workers=1)
+        await batcher.start()
+        first = batcher.submit_many([[1]])  # taken by the worker
+        await asyncio.sleep(0.05)
+        waiting = batcher.submit_many([[2], [3]])
+        with pytest.raises(QueueFullError):
+            batcher.submit_many([[4], [5]])  # 2 + 2 > 3: all or none
+        assert batcher.depth == 2
+        done = await asyncio.gather(*first, *waiting)
+        await batcher.stop()
+        return done
+
+    assert [r.output[0] for r in run(main())] == [1, 2, 3]
+    assert [4] not in [seq for b in rec.batches for seq in b]
+
+
+def test_expired_texts_are_dropped_before_inference():
+    rec = Recorder(delay=0.2)
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, workers=1)
+        await batcher.start()
+        busy = batcher.submit_many([[1]])
+        await asyncio.sleep(0.05)
+        late = batcher.submit_many([[99]], deadline=time.monotonic() + 0.01)
+        with pytest.raises(DeadlineExpiredError):
+            await late[0]
+        await busy[0]
+        await batcher.stop()
+
+    run(main())
+    assert [99] not in [seq for b in rec.batches for seq in b]
+
+
+def test_a_cancelled_caller_costs_no_compute():
+    rec = Recorder(delay=0.2)
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, workers=1)
+        await batcher.start()
+        busy = batcher.submit_many([[1]])
+        await asyncio.sleep(0.05)
+        task = asyncio.create_task(batcher.submit([[77]]))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await busy[0]
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+
+    run(main())
+    assert [77] not in [seq for b in rec.batches for seq in b]
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on():
+    calls = []
+
+    def flaky(ids):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return np.zeros((len(ids), 1))
+
+    async def main():
+        batcher = DynamicBatcher(flaky, max_batch_size=4, max_delay_s=0.0)
+        await batcher.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit([[1]])
+        (ok,) = await batcher.submit([[2]])
+        await batcher.stop()
+        return ok
+
+    assert run(main()).output.tolist() == [0.0]
