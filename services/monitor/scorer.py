@@ -1,0 +1,266 @@
+"""Stage 1: `news` -> validate (bad input to `news.dlq`) -> sentiment service (gRPC, batched) -> `news.scored`.
+
+Each valid item is published once per matched entity and once per topic, keyed by that entity or topic,
+so all of one entity's news lands in one `news.scored` partition in order (the repartition step that lets
+stage 2 keep each entity's windows in exactly one instance). Items that match nothing get one `none`
+record keyed by their id, so every valid input id appears in `news.scored`.
+
+Delivery: the offsets of a batch are committed only after every DLQ and scored record it caused was
+acknowledged by the broker. If the sentiment service fails, the batch is retried with backoff (the
+partitions are paused meanwhile so the consumer stays in its group) and nothing is committed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+
+from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
+
+from .config import MonitorSettings
+from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets, sleep_until
+from .metrics import MonitorMetrics
+from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.CANCELLED}
+
+
+class BatchAbandoned(Exception):
+    """The batch in hand cannot finish (shutdown during an outage, or its partitions were revoked)."""
+
+
+def load_ticker_names(path) -> dict[str, str]:
+    if path is None:
+        return {}
+    data = yaml.safe_load(open(path)) or {}
+    return {c["ticker"].upper(): c["name"] for c in data.get("companies", []) if c.get("ticker")}
+
+
+@dataclass
+class _Valid:
+    record: object
+    item: NewsItem
+
+
+class Scorer:
+    def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics, stop: threading.Event,
+                 shutdown_grace_s: float = 15.0):
+        self.s = settings
+        self.metrics = metrics
+        self.stop = stop
+        self.shutdown_grace_s = shutdown_grace_s
+        self.tickers = load_ticker_names(settings.watchlist)
+        self.listener = Listener()
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        self.channel = grpc.insecure_channel(settings.sentiment_target)
+        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def open(self) -> None:
+        k = self.s.kafka
+        self.consumer = KafkaConsumer(**k.consumer(self.s.group_id, max_poll_records=self.s.batch_max))
+        self.consumer.subscribe([self.s.topics.news], listener=self.listener)
+        self.producer = KafkaProducer(**k.producer())
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()  # leaves the group
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+        self.channel.close()
+
+    def run(self) -> None:
+        assert self.consumer is not None
+        while not self.stop.is_set():
+            records = self.consumer.poll(timeout_ms=self.s.poll_timeout_ms)
+            self.listener.take_revoked()  # nothing in hand at a poll boundary
+            self.metrics.update_lag(self.consumer)
+            if records:
+                self.process(records)
+
+    # -- one batch -------------------------------------------------------------------------------------
+    def process(self, records: dict) -> bool:
+        """Handle one polled batch end to end; True when its offsets were committed."""
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
+        while True:
+            try:
+                self._process_once(records)
+                return True
+            except BatchAbandoned as exc:
+                log.warning("batch abandoned (%s); its records will be redelivered", exc)
+                self._rewind(records)
+                return False
+            except PublishFailed as exc:
+                self.metrics.publish_failures.labels("score").inc()
+                log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
+                self._replace_producer()
+                self._wait(backoff.next(), records)
+
+    def _process_once(self, records: dict) -> None:
+        futures, valid = [], []
+        topic = self.s.topics
+        for tp, recs in records.items():
+            self.metrics.consumed.labels(tp.topic).inc(len(recs))
+            for rec in recs:
+                try:
+                    valid.append(_Valid(rec, parse_news(rec.value, max_bytes=self.s.max_message_bytes,
+                                                        max_headline_chars=self.s.max_headline_chars)))
+                except Rejected as exc:
+                    futures.append(self._dead_letter(rec, exc.reason, exc.detail))
+        results, model, elapsed = self._analyze(valid, records, futures)
+        now_ms = int(time.time() * 1000)
+        # Event-time order within the batch, so each key's records reach news.scored in time order.
+        order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
+        scored_ts: list[int | None] = []
+        for i in order:
+            v, res = valid[i], results[i]
+            if res is None:
+                continue  # rejected by the service: dead-lettered in _analyze
+            for out in self._scored(v, res, model, elapsed, now_ms):
+                futures.append(self.producer.send(topic.scored, key=out.key.encode(), value=out.model_dump_json().encode()))
+            scored_ts.append(v.record.timestamp)
+        confirm(self.producer, futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        acked = time.time()
+        if self._lost_partitions(records):
+            raise BatchAbandoned("partitions were revoked before the commit")
+        self.consumer.commit(next_offsets(records))
+        self.metrics.scored.inc(len(scored_ts))
+        for ts in scored_ts:
+            if ts is not None and ts > 0:
+                self.metrics.publish_to_scored.observe(max(0.0, acked - ts / 1000))
+
+    def _dead_letter(self, rec, reason: str, detail: str):
+        self.metrics.dead_lettered.labels(reason).inc()
+        letter = DeadLetter.of(rec, reason, detail)
+        return self.producer.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
+
+    def _text(self, item: NewsItem) -> str:
+        if self.s.sentiment_text == "headline_body" and item.body:
+            return f"{item.headline}. {item.body}"
+        return item.headline
+
+    def _analyze(self, valid: list[_Valid], records: dict, futures: list):
+        """Results in `valid` order (None for an item the service rejects), model info and call time."""
+        if not valid:
+            return [], {}, 0.0
+        texts = [self._text(v.item) for v in valid]
+        try:
+            resp, elapsed = self._call(texts, records)
+            return list(resp.results), _model(resp), elapsed
+        except _Invalid:
+            pass
+        # The service rejected the batch: find the bad items one by one and dead-letter them.
+        results, model, elapsed = [], {}, 0.0
+        for v, text in zip(valid, texts):
+            try:
+                resp, el = self._call([text], records)
+                results.append(resp.results[0])
+                model, elapsed = _model(resp), elapsed + el
+            except _Invalid as exc:
+                results.append(None)
+                futures.append(self._dead_letter(v.record, "rejected_by_sentiment", str(exc)))
+        return results, model, elapsed
+
+    def _call(self, texts: list[str], records: dict):
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                resp = self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=self.s.sentiment_timeout_s)
+                elapsed = time.perf_counter() - t0
+                self.metrics.sentiment_seconds.observe(elapsed)
+                return resp, elapsed
+            except grpc.RpcError as exc:
+                code = exc.code()
+                self.metrics.sentiment_errors.labels(code.name if code else "UNKNOWN").inc()
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise _Invalid(exc.details()) from None
+                delay = backoff.next()
+                log.warning("sentiment call failed (%s: %s); retrying in %.1fs, nothing committed",
+                            code, exc.details(), delay)
+                self._wait(delay, records)
+
+    def _wait(self, delay: float, records: dict) -> None:
+        """Back off while staying in the group: pause, poll (no records), resume. Abandon on shutdown past the
+        grace period, or when a partition of the batch was revoked."""
+        consumer = self.consumer
+        assigned = consumer.assignment()
+        consumer.pause(*assigned)
+        try:
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                consumer.poll(timeout_ms=min(100, max(1, int((deadline - time.monotonic()) * 1000))))
+                if self._lost_partitions(records):
+                    raise BatchAbandoned("partitions were revoked while retrying")
+                if self.stop.is_set():
+                    if self._stop_deadline is None:
+                        self._stop_deadline = time.monotonic() + self.shutdown_grace_s
+                    elif time.monotonic() > self._stop_deadline:
+                        raise BatchAbandoned("shutdown while the batch could not finish")
+        finally:
+            consumer.resume(*[tp for tp in consumer.assignment()])
+
+    _stop_deadline: float | None = None
+
+    def _lost_partitions(self, records: dict) -> bool:
+        revoked = self.listener.revoked
+        assignment = self.consumer.assignment()
+        return any(tp in revoked or tp not in assignment for tp in records)
+
+    def _rewind(self, records: dict) -> None:
+        """Seek still-owned partitions back to the batch start, so nothing in it is skipped."""
+        assignment = self.consumer.assignment()
+        for tp, offset in first_offsets(records).items():
+            if tp in assignment:
+                self.consumer.seek(tp, offset)
+
+    def _replace_producer(self) -> None:
+        old = self.producer
+        self.producer = KafkaProducer(**self.s.kafka.producer())
+        try:
+            old.close(timeout=1)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _scored(self, v: _Valid, res, model: dict, elapsed: float, now_ms: int) -> list[ScoredItem]:
+        entities: dict[str, Entity] = {}
+        for m in res.entities:
+            e = Entity(name=m.name, ticker=m.ticker.upper(), matched=m.matched)
+            entities.setdefault(e.key, e)
+        for t in v.item.tickers:
+            t = t.strip().upper()
+            if t and t not in entities:
+                entities[t] = Entity(name=self.tickers.get(t, t), ticker=t, matched="tickers")
+        topics = sorted(set(res.topics))
+        base = dict(
+            item=v.item, label=res.label, confidence=res.confidence,
+            scores=[Score(label=s.label, score=s.score) for s in res.scores], topics=topics,
+            entities=list(entities.values()), model=model, truncated=res.truncated,
+            source_topic=v.record.topic, source_partition=v.record.partition, source_offset=v.record.offset,
+            published_ms=v.record.timestamp, sentiment_ms=round(elapsed * 1000, 3), scored_at_ms=now_ms,
+        )
+        out = [ScoredItem(key_kind="entity", key=key, **base) for key in entities]
+        if self.s.watch_topics:
+            out += [ScoredItem(key_kind="topic", key=t, **base) for t in topics]
+        if not out:
+            out.append(ScoredItem(key_kind="none", key=v.item.id, **base))
+        return out
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _model(resp) -> dict[str, str]:
+    m = resp.model
+    return {"name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider}
