@@ -7,8 +7,6 @@ restarted on the same port), topic readers, and monitor settings for the local b
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys

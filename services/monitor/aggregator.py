@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets, sleep_until
+from .delivery import Backoff, Listener, PublishFailed, confirm, next_offsets, sleep_until
 from .metrics import MonitorMetrics
 from .schema import Alert, ScoredItem
 from .windows import Event, SurgeDetector

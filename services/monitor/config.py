@@ -135,6 +135,7 @@ class MonitorSettings(BaseSettings):
     sentiment_text: Literal["headline", "headline_body"] = "headline"
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
+    shutdown_grace_s: float = 10.0  # on SIGTERM during an outage: keep retrying this long, then leave uncommitted
     batch_max: int = 256
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024

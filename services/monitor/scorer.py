@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import grpc
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets, sleep_until
+from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets
 from .metrics import MonitorMetrics
 from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
 
@@ -52,17 +53,20 @@ class _Valid:
 
 
 class Scorer:
-    def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics, stop: threading.Event,
-                 shutdown_grace_s: float = 15.0):
+    def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics, stop: threading.Event):
         self.s = settings
         self.metrics = metrics
         self.stop = stop
-        self.shutdown_grace_s = shutdown_grace_s
+        self.shutdown_grace_s = settings.shutdown_grace_s
         self.tickers = load_ticker_names(settings.watchlist)
         self.listener = Listener()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
-        self.channel = grpc.insecure_channel(settings.sentiment_target)
+        # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
+        options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
+                   ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
+                   ("grpc.max_reconnect_backoff_ms", int(settings.retry_max_s * 1000))]
+        self.channel = grpc.insecure_channel(settings.sentiment_target, options=options)
         self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -133,7 +137,10 @@ class Scorer:
         acked = time.time()
         if self._lost_partitions(records):
             raise BatchAbandoned("partitions were revoked before the commit")
-        self.consumer.commit(next_offsets(records))
+        try:
+            self.consumer.commit(next_offsets(records))
+        except KafkaError as exc:  # e.g. a rebalance took the partitions: their new owner replays them
+            raise BatchAbandoned(f"commit failed: {exc!r}") from None
         self.metrics.scored.inc(len(scored_ts))
         for ts in scored_ts:
             if ts is not None and ts > 0:
