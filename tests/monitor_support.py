@@ -120,7 +120,7 @@ def _serve(repository: str, port: int) -> None:
     settings = SentimentSettings(host="127.0.0.1", port=port, metrics_port=None,
                                  model=ModelSettings(name="sentiment", repository=Path(repository)),
                                  watchlist=Path(examples_init).parent / "watchlist.yaml",
-                                 batch=BatchSettings(workers=1, max_delay_ms=2.0), grace_s=2.0)
+                                 batch=BatchSettings(workers=2, max_delay_ms=2.0), grace_s=2.0)
     asyncio.run(serve_forever([SentimentService(settings)]))
 
 

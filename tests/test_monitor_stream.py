@@ -182,11 +182,13 @@ def test_consumer_killed_mid_stream_and_restarted_loses_nothing(broker, sentimen
         # Kill it (SIGKILL: no commit, no goodbye) twice: once early, once while the surge is being scored.
         for target in ("n-0100", "n-0240"):
             deadline = time.monotonic() + 120
-            while target not in scored_ids(read_topic(broker.bootstrap, topics.scored, timeout_s=3, idle_s=0.1)):
+            while target not in (seen := scored_ids(read_topic(broker.bootstrap, topics.scored, timeout_s=3,
+                                                                idle_s=0.1))):
                 assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 assert proc.poll() is None, log_path.read_text()[-3000:]
                 time.sleep(0.2)
             proc.kill()
+            assert seen < IDS  # killed mid-stream
             proc.wait(10)
             proc = _cli_monitor(broker, topics, sentiment, group, log_path)
         producer.join(60)
