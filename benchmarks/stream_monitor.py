@@ -47,6 +47,17 @@ def make_stream(copies: int, path: Path) -> int:
     return n
 
 
+def sentiment_cpu(proc) -> float:
+    """user+system CPU seconds of the sentiment server process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{proc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        import os
+
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, AttributeError):
+        return float("nan")
+
+
 def pct(values, q):
     values = sorted(values)
     if not values:
@@ -63,13 +74,12 @@ def distinct_scored(bootstrap, topic) -> dict[str, int]:
     return out
 
 
-def wait_all(bootstrap, topic, n, timeout_s):
+def wait_all(bootstrap, topic, n, timeout_s, monitor):
+    """Wait on the monitor's own counter (cheap), then read the scored topic once."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        got = distinct_scored(bootstrap, topic)
-        if len(got) >= n or time.monotonic() > deadline:
-            return got
-        time.sleep(1.0)
+    while monitor.metrics.scored._value.get() < n and time.monotonic() < deadline and not monitor.errors:
+        time.sleep(0.2)
+    return distinct_scored(bootstrap, topic)
 
 
 def main() -> int:
@@ -78,6 +88,7 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=12)
     ap.add_argument("--rate", type=float, default=200.0, help="news/s in the latency phase")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--batch-max", type=int, default=256, help="most news per poll and sentiment call")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="stream-bench-"))
@@ -89,22 +100,26 @@ def main() -> int:
             # Phase 1: drain a preloaded backlog.
             topics = unique_topics("bench-tp")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target)
+            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max)
             replay(stream, topics.news, settings.kafka)
+            cpu0, sent_cpu0 = time.process_time(), sentiment_cpu(sentiment)
             monitor = Monitor(settings).start()
             try:
-                got = wait_all(broker.bootstrap, topics.scored, n, timeout_s=600)
+                got = wait_all(broker.bootstrap, topics.scored, n, timeout_s=600, monitor=monitor)
             finally:
                 monitor.stop()
+            cpu_monitor, cpu_sentiment = time.process_time() - cpu0, sentiment_cpu(sentiment) - sent_cpu0
             stamps = sorted(got.values())
             span = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else float("nan")
             throughput = len(got) / span if span else float("nan")
             print(f"throughput: {len(got)}/{n} news scored in {span:.2f} s of draining -> {throughput:.0f} news/s")
+            print(f"  CPU seconds while draining: monitor process {cpu_monitor:.1f} (includes this script's readers), "
+                  f"sentiment server {cpu_sentiment:.1f}")
 
             # Phase 2: produce at a fixed rate into a running, caught-up monitor.
             topics = unique_topics("bench-lat")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target)
+            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max)
             monitor = Monitor(settings).start()
             sent_at: dict[str, float] = {}
             try:
@@ -118,7 +133,7 @@ def main() -> int:
                 replay(stream, topics.news, settings.kafka, rate=args.rate,
                        on_sent=lambda line, ts: sent_at.__setitem__(json.loads(line)["id"], ts))
                 produce_s = time.perf_counter() - t0
-                got = wait_all(broker.bootstrap, topics.scored, n, timeout_s=600)
+                got = wait_all(broker.bootstrap, topics.scored, n, timeout_s=600, monitor=monitor)
                 time.sleep(2)
                 alerts = [(json.loads(r.value), r.timestamp) for r in read_topic(broker.bootstrap, topics.alerts)]
                 news_ts = {json.loads(r.value)["id"]: r.timestamp
