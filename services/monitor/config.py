@@ -137,6 +137,7 @@ class MonitorSettings(BaseSettings):
     retry_max_s: float = 5.0
     shutdown_grace_s: float = 10.0  # on SIGTERM during an outage: keep retrying this long, then leave uncommitted
     batch_max: int = 256
+    max_inflight: int = 2  # sentiment calls in flight (batches are still committed strictly in order)
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024
     max_headline_chars: int = 1000

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import grpc
 import yaml
@@ -52,6 +53,20 @@ class _Valid:
     item: NewsItem
 
 
+@dataclass
+class _Batch:
+    records: dict
+    valid: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    futures: list = field(default_factory=list)  # broker acks to wait for (dead letters)
+    rejected: list = field(default_factory=list)  # (record, reason, detail) dead-lettered by the service
+    call: object = None  # the in-flight gRPC future
+    t0: float = 0.0
+
+    def ready(self) -> bool:
+        return self.call is None or self.call.done()
+
+
 class Scorer:
     def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics, stop: threading.Event):
         self.s = settings
@@ -84,44 +99,108 @@ class Scorer:
         self.channel.close()
 
     def run(self) -> None:
+        """Poll, start the sentiment call of each batch at once (up to `max_inflight` in flight, so the service
+        works while this thread publishes and commits), and finish batches strictly in poll order."""
         assert self.consumer is not None
+        inflight: deque[_Batch] = deque()
         while not self.stop.is_set():
-            records = self.consumer.poll(timeout_ms=self.s.poll_timeout_ms)
-            self.listener.take_revoked()  # nothing in hand at a poll boundary
-            self.metrics.update_lag(self.consumer)
-            if records:
-                self.process(records)
+            if len(inflight) < self.s.max_inflight:
+                timeout = 5 if inflight else self.s.poll_timeout_ms
+                records = self.consumer.poll(timeout_ms=timeout)
+                if self.listener.take_revoked() and inflight:
+                    # A rebalance while batches are in flight: drop them and what this poll returned, and
+                    # seek every partition still owned back to the earliest of those records.
+                    if records:
+                        inflight.append(_Batch(records=records))
+                    self._abandon(inflight, "partitions were revoked while batches were in flight")
+                    continue
+                self.metrics.update_lag(self.consumer)
+                if records:
+                    inflight.append(self._start(records))
+            while inflight and (inflight[0].ready() or len(inflight) >= self.s.max_inflight):
+                batch = inflight.popleft()
+                if not self._finish(batch):
+                    inflight.appendleft(batch)
+                    self._abandon(inflight, "a batch could not finish")
+        # Graceful stop: finish what is in hand (in order), commit, then close() leaves the group.
+        while inflight:
+            batch = inflight.popleft()
+            if not self._finish(batch):
+                inflight.appendleft(batch)
+                self._abandon(inflight, "shutdown")
+
+    def process(self, records: dict) -> bool:
+        """Handle one polled batch end to end (no pipelining); True when its offsets were committed."""
+        batch = self._start(records)
+        if self._finish(batch):
+            return True
+        self._abandon(deque([batch]), "the batch could not finish")
+        return False
 
     # -- one batch -------------------------------------------------------------------------------------
-    def process(self, records: dict) -> bool:
-        """Handle one polled batch end to end; True when its offsets were committed."""
-        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
-        while True:
-            try:
-                self._process_once(records)
-                return True
-            except BatchAbandoned as exc:
-                log.warning("batch abandoned (%s); its records will be redelivered", exc)
-                self._rewind(records)
-                return False
-            except PublishFailed as exc:
-                self.metrics.publish_failures.labels("score").inc()
-                log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
-                self._replace_producer()
-                self._wait(backoff.next(), records)
-
-    def _process_once(self, records: dict) -> None:
-        futures, valid = [], []
-        topic = self.s.topics
+    def _start(self, records: dict) -> "_Batch":
+        """Validate (dead-letter the bad ones) and send the sentiment call without waiting for it."""
+        batch = _Batch(records=records)
         for tp, recs in records.items():
             self.metrics.consumed.labels(tp.topic).inc(len(recs))
             for rec in recs:
                 try:
-                    valid.append(_Valid(rec, parse_news(rec.value, max_bytes=self.s.max_message_bytes,
-                                                        max_headline_chars=self.s.max_headline_chars)))
+                    batch.valid.append(_Valid(rec, parse_news(rec.value, max_bytes=self.s.max_message_bytes,
+                                                              max_headline_chars=self.s.max_headline_chars)))
                 except Rejected as exc:
-                    futures.append(self._dead_letter(rec, exc.reason, exc.detail))
-        results, model, elapsed = self._analyze(valid, records, futures)
+                    batch.rejected.append((rec, exc.reason, exc.detail))
+                    batch.futures.append(self._dead_letter(rec, exc.reason, exc.detail))
+        if batch.valid:
+            batch.texts = [self._text(v.item) for v in batch.valid]
+            batch.t0 = time.perf_counter()
+            batch.call = self.stub.Analyze.future(sentiment_pb2.AnalyzeRequest(texts=batch.texts),
+                                                  timeout=self.s.sentiment_timeout_s)
+        return batch
+
+    def _finish(self, batch: "_Batch") -> bool:
+        """Wait for the batch's scores (retrying with backoff), publish, confirm, commit. False: the batch was
+        abandoned; the caller rewinds (see _abandon) so its records are redelivered."""
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
+        try:
+            results, model, elapsed = self._analyze(batch)
+            while True:
+                try:
+                    self._publish(batch, results, model, elapsed)
+                    return True
+                except PublishFailed as exc:
+                    self.metrics.publish_failures.labels("score").inc()
+                    log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
+                    self._replace_producer()
+                    self._wait(backoff.next(), batch.records)
+                    batch.futures = [self._dead_letter(r, reason, detail, count=False)
+                                     for r, reason, detail in batch.rejected]
+        except BatchAbandoned as exc:
+            log.warning("batch abandoned (%s); its records will be redelivered", exc)
+            if batch.call is not None:
+                batch.call.cancel()
+            return False
+
+    def _abandon(self, inflight: "deque[_Batch]", why: str) -> None:
+        """Drop these batches (a failed one and those started after it) and seek each partition still owned back
+        to the earliest offset among them, so nothing in them is skipped."""
+        if not inflight:
+            return
+        log.warning("dropping %d batch(es) in flight (%s); their records will be redelivered", len(inflight), why)
+        starts: dict = {}
+        while inflight:
+            batch = inflight.popleft()
+            if batch.call is not None:
+                batch.call.cancel()
+            for tp, offset in first_offsets(batch.records).items():
+                starts[tp] = min(offset, starts.get(tp, offset))
+        assignment = self.consumer.assignment()
+        for tp, offset in starts.items():
+            if tp in assignment:
+                self.consumer.seek(tp, offset)
+
+    def _publish(self, batch: "_Batch", results, model: dict, elapsed: float) -> None:
+        records, valid, futures = batch.records, batch.valid, list(batch.futures)
+        topic = self.s.topics
         now_ms = int(time.time() * 1000)
         # Event-time order within the batch, so each key's records reach news.scored in time order.
         order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
@@ -131,7 +210,8 @@ class Scorer:
             if res is None:
                 continue  # rejected by the service: dead-lettered in _analyze
             for out in self._scored(v, res, model, elapsed, now_ms):
-                futures.append(self.producer.send(topic.scored, key=out.key.encode(), value=out.model_dump_json().encode()))
+                futures.append(self.producer.send(topic.scored, key=out.key.encode(),
+                                                  value=out.model_dump_json().encode()))
             scored_ts.append(v.record.timestamp)
         confirm(self.producer, futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
         acked = time.time()
@@ -146,8 +226,9 @@ class Scorer:
             if ts is not None and ts > 0:
                 self.metrics.publish_to_scored.observe(max(0.0, acked - ts / 1000))
 
-    def _dead_letter(self, rec, reason: str, detail: str):
-        self.metrics.dead_lettered.labels(reason).inc()
+    def _dead_letter(self, rec, reason: str, detail: str, count: bool = True):
+        if count:
+            self.metrics.dead_lettered.labels(reason).inc()
         letter = DeadLetter.of(rec, reason, detail)
         return self.producer.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
 
@@ -156,27 +237,46 @@ class Scorer:
             return f"{item.headline}. {item.body}"
         return item.headline
 
-    def _analyze(self, valid: list[_Valid], records: dict, futures: list):
+    def _analyze(self, batch: "_Batch"):
         """Results in `valid` order (None for an item the service rejects), model info and call time."""
+        valid, records = batch.valid, batch.records
         if not valid:
             return [], {}, 0.0
-        texts = [self._text(v.item) for v in valid]
         try:
-            resp, elapsed = self._call(texts, records)
+            try:
+                resp = batch.call.result()
+                elapsed = time.perf_counter() - batch.t0
+                self.metrics.sentiment_seconds.observe(elapsed)
+            except grpc.RpcError as exc:
+                self._failed(exc)  # raises _Invalid for INVALID_ARGUMENT
+                self._wait(self._first_delay, records)
+                resp, elapsed = self._call(batch.texts, records)
             return list(resp.results), _model(resp), elapsed
         except _Invalid:
             pass
         # The service rejected the batch: find the bad items one by one and dead-letter them.
         results, model, elapsed = [], {}, 0.0
-        for v, text in zip(valid, texts):
+        for v, text in zip(valid, batch.texts):
             try:
                 resp, el = self._call([text], records)
                 results.append(resp.results[0])
                 model, elapsed = _model(resp), elapsed + el
             except _Invalid as exc:
                 results.append(None)
-                futures.append(self._dead_letter(v.record, "rejected_by_sentiment", str(exc)))
+                batch.rejected.append((v.record, "rejected_by_sentiment", str(exc)))
+                batch.futures.append(self._dead_letter(v.record, "rejected_by_sentiment", str(exc)))
         return results, model, elapsed
+
+    @property
+    def _first_delay(self) -> float:
+        return self.s.retry_initial_s
+
+    def _failed(self, exc: grpc.RpcError) -> None:
+        code = exc.code()
+        self.metrics.sentiment_errors.labels(code.name if code else "UNKNOWN").inc()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise _Invalid(exc.details()) from None
+        log.warning("sentiment call failed (%s: %s); retrying with backoff, nothing committed", code, exc.details())
 
     def _call(self, texts: list[str], records: dict):
         backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
@@ -188,13 +288,8 @@ class Scorer:
                 self.metrics.sentiment_seconds.observe(elapsed)
                 return resp, elapsed
             except grpc.RpcError as exc:
-                code = exc.code()
-                self.metrics.sentiment_errors.labels(code.name if code else "UNKNOWN").inc()
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise _Invalid(exc.details()) from None
+                self._failed(exc)
                 delay = backoff.next()
-                log.warning("sentiment call failed (%s: %s); retrying in %.1fs, nothing committed",
-                            code, exc.details(), delay)
                 self._wait(delay, records)
 
     def _wait(self, delay: float, records: dict) -> None:
@@ -223,13 +318,6 @@ class Scorer:
         revoked = self.listener.revoked
         assignment = self.consumer.assignment()
         return any(tp in revoked or tp not in assignment for tp in records)
-
-    def _rewind(self, records: dict) -> None:
-        """Seek still-owned partitions back to the batch start, so nothing in it is skipped."""
-        assignment = self.consumer.assignment()
-        for tp, offset in first_offsets(records).items():
-            if tp in assignment:
-                self.consumer.seek(tp, offset)
 
     def _replace_producer(self) -> None:
         old = self.producer
