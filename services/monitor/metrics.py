@@ -1,6 +1,8 @@
 """Prometheus metrics of one monitor instance (own registry, so several instances can share a process)."""
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -32,13 +34,20 @@ class MonitorMetrics:
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.sentiment_seconds = Histogram("nlpsuite_monitor_sentiment_call_seconds", "sentiment batch call",
                                            buckets=LATENCY_BUCKETS, registry=r)
+        self._lag_at: dict[int, float] = {}
         self.rebuilt = Counter("nlpsuite_monitor_rebuilt_records_total",
                                "records re-read from the log to rebuild window state", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         return start_http_server(port, addr=addr, registry=self.registry)
 
-    def update_lag(self, consumer, topic_filter: str | None = None) -> None:
+    def update_lag(self, consumer, every_s: float = 1.0) -> None:
+        """Refresh the lag gauges of this consumer's partitions, at most once per `every_s`."""
+        now = time.monotonic()
+        last = self._lag_at.get(id(consumer), 0.0)
+        if now - last < every_s:
+            return
+        self._lag_at[id(consumer)] = now
         for tp in consumer.assignment():
             high = consumer.highwater(tp)  # from fetch responses; right on Kafka and on Tansu
             if high is None:
