@@ -84,3 +84,47 @@ def test_restarted_instance_rebuilds_windows_from_the_log_and_does_not_repeat_al
     on_log = [json.loads(r.value) for r in read_topic(broker.bootstrap, topics.alerts, min_count=1)]
     assert [a["id"] for a in on_log] == [alert.id]
     assert on_log[0] == json.loads(alert.to_bytes())
+
+
+def test_webhook_posts_each_alert_with_retries(broker):
+    import http.server
+    import threading
+
+    received, attempts = [], []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            attempts.append(body)
+            if len(attempts) <= 2:  # fail twice, then accept
+                self.send_response(503)
+                self.end_headers()
+                return
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        topics = unique_topics("hook")
+        broker.create_topics(topics.all(), partitions=2)
+        publish(broker, topics.scored, [scored(i, i) for i in range(1, 6)])
+        s = settings(broker, topics, f"g-{uuid.uuid4().hex[:6]}").model_copy(
+            update={"webhook_url": f"http://127.0.0.1:{server.server_port}/alerts"})
+        m = Monitor(s, stages=("aggregate",))
+        m.sink.initial_backoff_s = 0.05
+        m.start()
+        deadline = time.monotonic() + 30
+        while not received:
+            assert time.monotonic() < deadline, attempts
+            time.sleep(0.1)
+        m.stop()
+    finally:
+        server.shutdown()
+    assert len(attempts) == 3
+    assert [a["id"] for a in received] == [a.id for a in m.aggregator.published]
+    assert received[0]["key"] == "MWCH" and received[0]["negatives"] == 5

@@ -128,13 +128,24 @@ def test_malformed_messages_go_to_the_dlq_and_every_valid_one_is_scored(broker, 
         lines.insert(5 + i * 7, value)
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target)).start()
+    port = free_port()
+    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target, metrics_port=port)).start()
     try:
         replay(path, topics.news, monitor.s.kafka)
         scored = wait_for_ids(broker, topics.scored, {v["id"] for v in valid})
         dlq = read_topic(broker.bootstrap, topics.dlq, min_count=len(bad))
+        time.sleep(1.5)  # lag gauges refresh once a second
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         monitor.stop()
+    for reason in ("not_json", "missing_headline", "bad_timestamp", "oversize", "not_object"):
+        assert f'nlpsuite_monitor_dead_lettered_total{{reason="{reason}"}} 1.0' in metrics
+    assert "nlpsuite_monitor_scored_total 40.0" in metrics
+    assert f'nlpsuite_monitor_consumed_total{{topic="{topics.news}"}} 45.0' in metrics
+    assert f'nlpsuite_monitor_consumer_lag{{partition="0",topic="{topics.news}"}} 0.0' in metrics
+    assert "nlpsuite_monitor_publish_to_scored_seconds_count 40.0" in metrics
     assert scored_ids(scored) == {v["id"] for v in valid}
     letters = [json.loads(r.value) for r in dlq]
     import base64
