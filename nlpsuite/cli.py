@@ -11,9 +11,12 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     from nlpsuite.pipeline.train import Hyperparameters
 
     hp = Hyperparameters()
-    p.add_argument("--task", choices=["classify", "embed"], required=True)
+    p.add_argument("--task", choices=["classify", "embed", "recommend"], required=True)
     p.add_argument("--name", required=True, help="model name in the repository, e.g. sentiment")
-    p.add_argument("--data", type=Path, required=True, help="training CSV or JSONL")
+    p.add_argument("--data", type=Path, help="training CSV or JSONL (classify, embed)")
+    p.add_argument("--data-dir", type=Path, help="recommend: MovieLens-layout dir (movies.csv, ratings_train.csv, "
+                                                 "tags_train.csv; ratings_dev.csv if present is scored)")
+    p.add_argument("--embedder", type=Path, help="recommend: embedder dir (default: <repository>/embedder)")
     p.add_argument("--dev", type=Path, help="dev CSV or JSONL (default: a stratified split of --data)")
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
@@ -35,6 +38,18 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    if args.task == "recommend":
+        from nlpsuite.pipeline.recommend import build_recommender
+
+        if args.data_dir is None:
+            raise SystemExit("nlpsuite build: --task recommend needs --data-dir")
+        version = build_recommender(args.data_dir, args.embedder or args.repository / "embedder", args.repository,
+                                    name=args.name)
+        print(f"published {version.manifest.name} version {version.manifest.version} -> {version.path}")
+        print(f"  metrics {version.manifest.reference_metrics}")
+        return 0
+    if args.data is None:
+        raise SystemExit(f"nlpsuite build: --task {args.task} needs --data")
     from nlpsuite.pipeline.build import BuildConfig, build
     from nlpsuite.pipeline.train import Hyperparameters
 
@@ -74,6 +89,19 @@ def _cmd_build_defaults(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "recommend":
+        import json
+
+        from nlpsuite.pipeline.recommend import evaluate_recommender
+
+        if args.data_dir is None:
+            raise SystemExit("nlpsuite evaluate: --task recommend needs --data-dir")
+        result = evaluate_recommender(args.model, args.data_dir, args.split, args.embedder)
+        print(f"mean user AUC {result['mean_user_auc']:.4f} over {result['n_users']} users ({args.split})")
+        print(json.dumps(result))
+        return 0
+    if args.data is None:
+        raise SystemExit("nlpsuite evaluate: --data is required for classifiers")
     from nlpsuite.pipeline.evaluate import evaluate_classifier, print_report
 
     summary, per_label = evaluate_classifier(args.model, args.data, args.variant, args.text_col, args.label_col,
@@ -133,6 +161,43 @@ def _add_kafka_args(p: argparse.ArgumentParser) -> None:
                    help="fast group timing for the loopback test broker (`nlpsuite broker`); not for production")
 
 
+SERVICES = ("sentiment", "chat", "recommend")
+
+
+def make_services(names: list[str], settings) -> list:
+    """Service objects for the given names (imports only the serving code: no torch)."""
+    services = []
+    for name in names:
+        if name == "sentiment":
+            from nlpsuite.services.sentiment.service import SentimentService
+            services.append(SentimentService(settings.sentiment))
+        elif name == "chat":
+            from nlpsuite.services.chat.service import ChatService
+            services.append(ChatService(settings.chat))
+        elif name == "recommend":
+            from nlpsuite.services.recommend.service import RecommendService
+            services.append(RecommendService(settings.recommend))
+    return services
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from nlpsuite.shared.config import ConfigError, load_settings
+    from nlpsuite.shared.logs import configure_logging
+    from nlpsuite.shared.server import serve_forever
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"nlpsuite serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("DEBUG" if args.verbose else settings.log_level)
+    names = list(SERVICES) if args.service == "all" else [args.service]
+    asyncio.run(serve_forever(make_services(names, settings)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlpsuite", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -151,9 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_build_defaults)
 
-    p = sub.add_parser("evaluate", help="score a published classifier on labelled data; last line is JSON")
+    p = sub.add_parser("evaluate", help="score a published model on labelled data; last line is JSON")
+    p.add_argument("--task", choices=["classify", "recommend"], default="classify")
     p.add_argument("--model", type=Path, required=True, help="<repo>/<name> (newest version) or <repo>/<name>/<version>")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="classify: labelled CSV or JSONL")
+    p.add_argument("--data-dir", type=Path, help="recommend: dir with movies.csv, ratings_<split>.csv, tags_<split>.csv")
+    p.add_argument("--split", default="dev", help="recommend: which ratings_<split>.csv to score (dev, test)")
+    p.add_argument("--embedder", type=Path, help="recommend: embedder dir (default: the one it was built with)")
     p.add_argument("--variant", choices=["int8", "fp16", "fp32"])
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
@@ -180,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run both stages (default) or one, to scale them separately")
     _add_kafka_args(p)
     p.set_defaults(func=_cmd_stream)
+
+    p = sub.add_parser("serve", help="run gRPC services (ports, models and limits from the configuration)")
+    p.add_argument("service", choices=[*SERVICES, "all"])
+    p.add_argument("--config", type=Path, help="YAML configuration (default: $NLPSUITE_CONFIG); "
+                                               "NLPSUITE_* environment variables override it")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -96,6 +96,8 @@ class DynamicBatcher:
         self._tasks: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
         self._closed = True
+        self.submitted = 0  # texts ever queued
+        self.batches = 0  # batches ever run
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,6 +143,7 @@ class DynamicBatcher:
             self._by_arrival[item.seq] = item
             bisect.insort(self._by_length, (item.length, item.seq))
             futures.append(item.future)
+        self.submitted += len(futures)
         self._depth_changed()
         assert self._wakeup is not None
         self._wakeup.set()
@@ -240,6 +243,7 @@ class DynamicBatcher:
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
+        self.batches += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch])
         except Exception as exc:  # noqa: BLE001 - the batch's callers get the error; the batcher lives on

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Task = Literal["classify", "embed"]
+Task = Literal["classify", "embed", "recommend"]
 Variant = Literal["fp32", "int8", "fp16"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
 MANIFEST = "manifest.json"

@@ -75,6 +75,19 @@ def built_embedder(tmp_path_factory, tiny_checkpoint, sentiment_csv):
 
 
 @pytest.fixture(scope="session")
+def built_intent(tmp_path_factory, tiny_checkpoint):
+    """A tiny intent classifier on the shipped examples/intents.csv (26 intents)."""
+    from nlpsuite.pipeline.build import build
+
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    repo = tmp_path_factory.mktemp("repo-intent")
+    hp = Hyperparameters(epochs=8, max_steps=240, batch_size=16, learning_rate=3e-3, max_length=64)
+    return build(quick_config(name="tiny-intent", data=examples_dir() / "intents.csv", label_col="intent",
+                              base=tiny_checkpoint, repository=repo, hyperparameters=hp, force=True))
+
+
+@pytest.fixture(scope="session")
 def sentiment_repository(tmp_path_factory) -> Path:
     """A real sentiment model built from examples/sentiment.csv (minutes on 2 cores), or a prebuilt
     repository given as NLPSUITE_TEST_MODELS (a directory holding sentiment/<version>/)."""

@@ -12,26 +12,11 @@ from nlpsuite.shared.config import SentimentSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.services.sentiment.watchlist import Watchlist
 from nlpsuite.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-
-def check_texts(texts, settings, field: str = "texts") -> None:
-    if len(texts) == 0:
-        raise InvalidArgument(f"{field} is empty: send at least one text")
-    if len(texts) > settings.max_items:
-        raise InvalidArgument(f"{field} has {len(texts)} items, over the limit of {settings.max_items} (max_items)")
-    for i, text in enumerate(texts):
-        check_text(text, settings, f"{field}[{i}]")
-
-
-def check_text(text: str, settings, field: str) -> None:
-    if not text.strip():
-        raise InvalidArgument(f"{field} is empty")
-    if len(text) > settings.max_text_chars:
-        raise InvalidArgument(f"{field} has {len(text)} characters, over the limit of {settings.max_text_chars}")
 
 
 class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):

@@ -1,0 +1,135 @@
+"""ChatService: intent + answer from the knowledge base, FAQ by embedding similarity, hand-off rules."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from nlpsuite.services.chat.conversations import ConversationStore, Turn
+from nlpsuite.services.chat.knowledge_base import KnowledgeBase
+from nlpsuite.shared.config import ChatSettings
+from nlpsuite.shared.errors import InvalidArgument, Unavailable
+from nlpsuite.shared.server import Service, unary
+from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.validation import check_text, check_texts
+from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_CONVERSATION_ID = 128
+
+
+class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
+    service_name = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+    short_name = "chat"
+
+    def __init__(self, settings: ChatSettings) -> None:
+        super().__init__(settings)
+        self.settings: ChatSettings = settings
+        s = settings
+        self.intents = ServedModel(s.intent_model, s.batch, s.max_tokens, s.reject_overlong, self.metrics)
+        self.embedder = ServedModel(s.embedder, s.batch, s.max_tokens, s.reject_overlong, self.metrics)
+        self.kb: KnowledgeBase | None = None
+        self.faq_vectors: np.ndarray | None = None
+        self.conversations = ConversationStore(s.context_turns, s.context_ttl_s, s.max_conversations)
+
+    def models(self):
+        return [self.intents, self.embedder]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
+
+    async def load(self) -> None:
+        self.kb = KnowledgeBase.load(self.settings.knowledge_base)
+        await super().load()
+        assert self.intents.model is not None and self.embedder.model is not None
+        if self.intents.model.manifest.task != "classify":
+            raise ValueError(f"intent model {self.settings.intent_model.name} is not a classifier")
+        if self.embedder.model.manifest.task != "embed":
+            raise ValueError(f"embedder {self.settings.embedder.name} is not an embedding model")
+        missing = sorted(set(self.intents.labels) - set(self.kb.intents))
+        if missing:
+            log.warning("intents without an answer in the knowledge base (they go to the FAQ or a person)",
+                        extra={"intents": ", ".join(missing)})
+        if self.kb.faq:  # FAQ embeddings are computed once, at start-up
+            timing = Timing(0.0)
+            result = await self.embedder.infer([e.question for e in self.kb.faq], timing)
+            self.faq_vectors = result.outputs
+        log.info("knowledge base loaded", extra={"intents": len(self.kb.intents), "faq": len(self.kb.faq)})
+
+    def _top(self, probs: np.ndarray) -> list[common_pb2.LabelScore]:
+        labels = self.intents.labels
+        order = np.argsort(-probs)[: self.settings.top_k]
+        return [common_pb2.LabelScore(label=labels[i], score=float(probs[i])) for i in order]
+
+    @unary("ClassifyIntent", field="texts")
+    async def ClassifyIntent(self, request: chat_pb2.ClassifyIntentRequest, context, timing: Timing):
+        check_texts(request.texts, self.settings)
+        result = await self.intents.infer(list(request.texts), timing, deadline_of(context))
+        labels = self.intents.labels
+        predictions = []
+        for probs, truncated in zip(result.outputs, result.truncated):
+            best = int(np.argmax(probs))
+            predictions.append(chat_pb2.IntentPrediction(intent=labels[best], confidence=float(probs[best]),
+                                                         top=self._top(probs), truncated=truncated))
+        return chat_pb2.ClassifyIntentResponse(predictions=predictions, model=self.intents.info(),
+                                               timing=timing.proto())
+
+    @unary("Reply", field="message")
+    async def Reply(self, request: chat_pb2.ReplyRequest, context, timing: Timing):
+        if not request.conversation_id.strip():
+            raise InvalidArgument("conversation_id is required")
+        if len(request.conversation_id) > MAX_CONVERSATION_ID:
+            raise InvalidArgument(f"conversation_id is longer than {MAX_CONVERSATION_ID} characters")
+        check_text(request.message, self.settings, "message")
+        if self.kb is None:
+            raise Unavailable("the knowledge base is not loaded")
+        s, kb, deadline = self.settings, self.kb, deadline_of(context)
+        conv = self.conversations.get(request.conversation_id)
+        previous = conv.last
+        texts = [request.message]
+        if previous is not None:  # a follow-up ("it's gone") may only make sense with the previous message
+            texts.append(f"{previous.message} {request.message}")
+        result = await self.intents.infer(texts, timing, deadline)
+        labels = self.intents.labels
+        probs = result.outputs[0]
+        if len(texts) > 1 and result.outputs[0].max() < s.intent_threshold <= result.outputs[1].max():
+            probs = result.outputs[1]
+        best = int(np.argmax(probs))
+        intent, confidence = labels[best], float(probs[best])
+        reply = chat_pb2.ReplyResponse(intent=intent, confidence=confidence, truncated=result.truncated[0],
+                                       model=self.intents.info())
+        answer = kb.intents.get(intent)
+        if confidence >= s.intent_threshold and answer is not None:
+            asked = intent in s.handoff_intents or answer.handoff
+            reply.answer = answer.answer
+            reply.source = chat_pb2.ANSWER_SOURCE_HANDOFF if asked else chat_pb2.ANSWER_SOURCE_INTENT
+            if asked:
+                reply.handoff, reply.handoff_reason = True, "customer_asked"
+        else:
+            faq = await self._faq(request.message, timing, deadline)
+            if faq is not None and faq[1] >= s.faq_threshold:
+                entry, similarity = faq
+                reply.answer, reply.source = entry.answer, chat_pb2.ANSWER_SOURCE_FAQ
+                reply.faq_id, reply.faq_similarity = entry.id, similarity
+            elif confidence >= s.handoff_threshold and answer is not None and not answer.handoff:
+                reply.answer, reply.source = answer.answer, chat_pb2.ANSWER_SOURCE_INTENT
+            else:
+                reply.answer = "I'm not sure I understood. Let me pass you to one of our advisors."
+                reply.source = chat_pb2.ANSWER_SOURCE_HANDOFF
+                reply.handoff, reply.handoff_reason = True, "low_confidence"
+            if faq is not None and not reply.faq_id:
+                reply.faq_similarity = faq[1]
+        conv.handed_off = conv.handed_off or reply.handoff
+        reply.turn = self.conversations.add(conv, Turn(request.message, intent, confidence))
+        reply.timing.CopyFrom(timing.proto())
+        return reply
+
+    async def _faq(self, message: str, timing: Timing, deadline):
+        if self.faq_vectors is None or self.kb is None or not self.kb.faq:
+            return None
+        result = await self.embedder.infer([message], timing, deadline)
+        sims = self.faq_vectors @ result.outputs[0]
+        best = int(np.argmax(sims))
+        return self.kb.faq[best], float(sims[best])

@@ -1,0 +1,122 @@
+"""Recommendation scoring, pure numpy: the user's interest vector, features, and the learned combiner.
+
+The user vector is a rating-weighted sum of the embeddings of the user's history items (weights are the
+rating minus the user's mean rating, so disliked items pull away; unrated history counts as +1), plus the
+profile text's embedding. A candidate's features are its text match (cosine between the user vector and the
+item) and the mean-liked match, plus the request's numeric features; the combiner is a logistic-regression
+weight vector over standardized features, learned by `nlpsuite build --task recommend`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+RANKER_FILE = "ranker.json"
+TEXT_FEATURES = ("text_match", "liked_match")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-12 else v
+
+
+def user_vectors(history: np.ndarray, ratings: Sequence[float | None], profile: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(interest vector, liked vector), each unit length or zero. `history` is [n, dim] unit embeddings."""
+    dim = history.shape[1] if history.size else (profile.shape[0] if profile is not None else 0)
+    interest = np.zeros(dim, np.float32)
+    liked = np.zeros(dim, np.float32)
+    if len(history):
+        rated = [r for r in ratings if r is not None]
+        center = float(np.mean(rated)) if rated else 0.0
+        weights = np.array([1.0 if r is None else r - center for r in ratings], np.float32)
+        if not np.any(weights):  # every rating equal: treat as plain interest
+            weights = np.ones(len(ratings), np.float32)
+        interest = _unit(weights @ history)
+        positive = weights > 0
+        if positive.any():
+            liked = _unit(weights[positive] @ history[positive])
+    if profile is not None:
+        interest = _unit(interest + profile)
+        liked = _unit(liked + profile)
+    return interest, liked
+
+
+class Ranker(BaseModel):
+    """Logistic combiner over standardized features; missing numeric features count as their mean."""
+
+    features: list[str] = Field(default_factory=lambda: list(TEXT_FEATURES))
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0])
+    weights: list[float] = Field(default_factory=lambda: [1.0, 0.0])
+    bias: float = 0.0
+    embedder: dict[str, str] = Field(default_factory=dict)  # name and version it was trained with
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f for f in self.features if f not in TEXT_FEATURES]
+
+    def matrix(self, text_match: np.ndarray, liked_match: np.ndarray,
+               numeric: Sequence[Mapping[str, float]]) -> np.ndarray:
+        columns = []
+        for j, name in enumerate(self.features):
+            if name == "text_match":
+                columns.append(np.asarray(text_match, np.float64))
+            elif name == "liked_match":
+                columns.append(np.asarray(liked_match, np.float64))
+            else:
+                columns.append(np.array([float(f.get(name, self.mean[j])) for f in numeric], np.float64))
+        return np.stack(columns, axis=1) if columns else np.zeros((len(text_match), 0))
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        z = (x - np.array(self.mean)) / np.array(self.std)
+        return z @ np.array(self.weights) + self.bias
+
+    def save(self, directory: Path) -> None:
+        (directory / RANKER_FILE).write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Ranker:
+        return cls.model_validate(json.loads((directory / RANKER_FILE).read_text()))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, features: list[str], l2: float = 1e-3, steps: int = 500) -> Ranker:
+    """Standardize, then full-batch gradient descent (Newton would do; this is small and dependency-free)."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-9] = 1.0
+    z = (x - mean) / std
+    w = np.zeros(z.shape[1])
+    b = 0.0
+    lr = 0.5
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        grad_w = z.T @ (p - y) / len(y) + l2 * w
+        grad_b = float(np.mean(p - y))
+        w -= lr * grad_w
+        b -= lr * grad_b
+    return Ranker(features=features, mean=mean.tolist(), std=std.tolist(), weights=w.tolist(), bias=b)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties count half."""
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan
+    scores = np.concatenate([pos, neg])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

@@ -1,0 +1,143 @@
+"""RecommendService: Score and Rank candidates for a user (history and/or profile) with a learned combiner."""
+from __future__ import annotations
+
+import logging
+import math
+
+import grpc
+import numpy as np
+
+from nlpsuite.services.recommend.cache import EmbeddingCache, item_key
+from nlpsuite.services.recommend.scoring import Ranker, user_vectors
+from nlpsuite.shared.config import RecommendSettings
+from nlpsuite.shared.errors import InvalidArgument, Unavailable
+from nlpsuite.shared.model_repo import ModelRepository
+from nlpsuite.shared.server import Service, unary
+from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.validation import check_items, check_text
+from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+HISTORY_ID = ""  # history items are cached by text alone
+PROFILE_ID = "\x00profile"
+
+
+class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
+    service_name = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
+    short_name = "recommend"
+
+    def __init__(self, settings: RecommendSettings) -> None:
+        super().__init__(settings)
+        self.settings: RecommendSettings = settings
+        self.embedder = ServedModel(settings.embedder, settings.batch, settings.max_tokens, settings.reject_overlong,
+                                    self.metrics, field="candidates")
+        self.cache = EmbeddingCache(settings.cache_size)
+        self.ranker: Ranker | None = None
+
+    def models(self):
+        return [self.embedder]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(self, server)
+
+    async def load(self) -> None:
+        r = self.settings.ranker
+        if r is None:
+            self.ranker = Ranker()  # text match only
+        else:
+            version = ModelRepository(r.repository).resolve(r.name, r.version)
+            if version.manifest.task != "recommend":
+                raise ValueError(f"{version.path} is a {version.manifest.task!r} model, not a recommender")
+            self.ranker = Ranker.load(version.path)
+            self.ranker_version = version
+        await super().load()
+        assert self.embedder.model is not None
+        if self.embedder.model.manifest.task != "embed":
+            raise ValueError(f"embedder {self.settings.embedder.name} is not an embedding model")
+        trained = self.ranker.embedder.get("name")
+        if trained and trained != self.embedder.model.manifest.name:
+            log.warning("ranker was trained with another embedder", extra={"trained_with": trained,
+                                                                           "serving": self.embedder.model.manifest.name})
+
+    # -- validation ------------------------------------------------------------------------------------
+    def _check(self, request) -> None:
+        s = self.settings
+        if not request.HasField("user"):
+            raise InvalidArgument("user is required")
+        user = request.user
+        if not user.history and not user.profile.strip():
+            raise InvalidArgument("user needs a history or a profile")
+        if len(user.history) > s.max_history:
+            raise InvalidArgument(f"user.history has {len(user.history)} items, over the limit of {s.max_history}")
+        for i, item in enumerate(user.history):
+            check_text(item.text, s, f"user.history[{i}].text")
+            if item.HasField("rating") and not math.isfinite(item.rating):
+                raise InvalidArgument(f"user.history[{i}].rating is not a finite number")
+        if user.profile:
+            check_text(user.profile, s, "user.profile")
+        check_items(request.candidates, s, "candidates")
+        for i, cand in enumerate(request.candidates):
+            if not cand.id:
+                raise InvalidArgument(f"candidates[{i}].id is required")
+            check_text(cand.text, s, f"candidates[{i}].text")
+            for name, value in cand.features.items():
+                if not math.isfinite(value):
+                    raise InvalidArgument(f"candidates[{i}].features[{name!r}] is not a finite number")
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    async def _vectors(self, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline
+                       ) -> tuple[list[np.ndarray], list[bool]]:
+        """Embeddings for (key, text) pairs: cached ones free, the rest in one batched model call."""
+        found: dict[tuple[str, str], np.ndarray] = {}
+        cached = []
+        missing: dict[tuple[str, str], str] = {}
+        for key, text in keyed:
+            vector = found.get(key)
+            if vector is None:
+                vector = self.cache.get(key)
+                if vector is not None:
+                    found[key] = vector
+            cached.append(vector is not None and key not in missing)
+            if vector is None:
+                missing[key] = text
+        if missing:
+            result = await self.embedder.infer(list(missing.values()), timing, deadline)
+            for key, vector in zip(missing, result.outputs):
+                found[key] = vector
+                self.cache.put(key, vector)
+        return [found[key] for key, _ in keyed], cached
+
+    async def _score(self, request, context, timing: Timing) -> list[recommend_pb2.ScoredItem]:
+        if self.ranker is None or not self.embedder.loaded:
+            raise Unavailable("the recommender is not loaded")
+        self._check(request)
+        user = request.user
+        history = [(item_key(HISTORY_ID, h.text), h.text) for h in user.history]
+        profile = [(item_key(PROFILE_ID, user.profile), user.profile)] if user.profile.strip() else []
+        cands = [(item_key(c.id, c.text), c.text) for c in request.candidates]
+        vectors, cached = await self._vectors(history + profile + cands, timing, deadline_of(context))
+        n_hist, n_prof = len(history), len(profile)
+        hist = np.stack(vectors[:n_hist]) if n_hist else np.zeros((0, 0), np.float32)
+        ratings = [h.rating if h.HasField("rating") else None for h in user.history]
+        interest, liked = user_vectors(hist, ratings, vectors[n_hist] if n_prof else None)
+        cand = np.stack(vectors[n_hist + n_prof:])
+        text_match, liked_match = cand @ interest, cand @ liked
+        x = self.ranker.matrix(text_match, liked_match, [dict(c.features) for c in request.candidates])
+        scores = self.ranker.score(x)
+        flags = cached[n_hist + n_prof:]
+        return [recommend_pb2.ScoredItem(id=c.id, score=float(s), text_match=float(t), cached=f)
+                for c, s, t, f in zip(request.candidates, scores, text_match, flags)]
+
+    @unary("Score", field="candidates")
+    async def Score(self, request: recommend_pb2.ScoreRequest, context, timing: Timing):
+        items = await self._score(request, context, timing)
+        return recommend_pb2.ScoreResponse(items=items, model=self.embedder.info(), timing=timing.proto())
+
+    @unary("Rank", field="candidates")
+    async def Rank(self, request: recommend_pb2.RankRequest, context, timing: Timing):
+        if request.k == 0:
+            raise InvalidArgument("k is required (the number of candidates to return, at least 1)")
+        items = await self._score(request, context, timing)
+        items.sort(key=lambda item: -item.score)
+        return recommend_pb2.RankResponse(items=items[: request.k], model=self.embedder.info(), timing=timing.proto())

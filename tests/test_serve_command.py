@@ -1,0 +1,75 @@
+"""`nlpsuite serve`: a real process, configured by YAML + env, SERVING after warm-up, clean exit on SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nlpsuite.services.sentiment.client import SentimentClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serving_modules_do_not_import_torch():
+    code = ("import sys; import nlpsuite.cli, nlpsuite.services.sentiment.service, nlpsuite.services.chat.service, "
+            "nlpsuite.services.recommend.service, nlpsuite.services.sentiment.client, "
+            "nlpsuite.services.chat.client, nlpsuite.services.recommend.client, nlpsuite.shared.server; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_invalid_config_exits_with_a_clear_message(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sentiment:\n  batch:\n    max_batch_size: -1\n")
+    proc = subprocess.run([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "sentiment.batch.max_batch_size" in proc.stderr
+
+
+def test_serve_sentiment_process(tmp_path, built_classifier):
+    port, metrics_port = free_port(), free_port()
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"sentiment:\n  host: 127.0.0.1\n  port: {port}\n  model:\n    name: {built_classifier.manifest.name}\n"
+                   f"    repository: {built_classifier.path.parent.parent}\n")
+    env = {**os.environ, "NLPSUITE_SENTIMENT__METRICS_PORT": str(metrics_port)}
+    proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            status = None
+            while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service="nlpsuite.v1.SentimentService"),
+                                        timeout=2).status
+                except grpc.RpcError:
+                    time.sleep(0.2)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        with SentimentClient(f"127.0.0.1:{port}") as c:
+            assert c.analyze(["Norvale Mining shares jump"]).results[0].entities[0].ticker == "NVM"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert "serving" in messages and "shutting down" in messages and "stopped" in messages
+    ready = next(e for e in logs if e["msg"] == "model ready")
+    assert ready["variant"] == "int8" and ready["provider"] == "CPUExecutionProvider"
+    assert "Norvale Mining shares jump" not in err  # customer text is not logged
