@@ -189,7 +189,7 @@ def test_consumer_killed_mid_stream_and_restarted_loses_nothing(broker, sentimen
 
         producer = threading.Thread(target=replay, args=(NEWS, topics.news,
                                                          monitor_settings(broker.bootstrap, topics, "").kafka),
-                                    kwargs={"rate": 60})
+                                    kwargs={"rate": 25})
         producer.start()
         # Kill it (SIGKILL: no commit, no goodbye) twice: once early, once while the surge is being scored.
         for target in ("n-0100", "n-0240"):
