@@ -119,6 +119,57 @@ def _cmd_quantcheck(args: argparse.Namespace) -> int:
     return 0 if report["batch_invariant"] else 1
 
 
+def _monitor_settings(args: argparse.Namespace):
+    from nlpsuite.services.monitor.config import MonitorSettings
+
+    settings = MonitorSettings()
+    kafka = settings.kafka
+    if getattr(args, "bootstrap_servers", None):
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    if getattr(args, "local_broker", False):
+        kafka = kafka.local()
+    updates = {"kafka": kafka}
+    if getattr(args, "topic", None):
+        updates["topics"] = settings.topics.model_copy(update={"news": args.topic})
+    if getattr(args, "sentiment", None):
+        updates["sentiment_target"] = args.sentiment
+    if getattr(args, "watchlist", None):
+        updates["watchlist"] = args.watchlist
+    if getattr(args, "metrics_port", None) is not None:
+        updates["metrics_port"] = args.metrics_port
+    return settings.model_copy(update=updates)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from nlpsuite.services.monitor.broker import run_broker
+
+    topics = [t for t in (args.topics or "").split(",") if t]
+    return run_broker(args.port, topics, args.partitions)
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from nlpsuite.services.monitor.producer import replay
+
+    settings = _monitor_settings(args)
+    n = replay(args.file, settings.topics.news, settings.kafka, rate=args.rate)
+    print(f"sent {n} messages to {settings.topics.news}")
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from nlpsuite.services.monitor.app import Monitor
+
+    stages = ("score", "aggregate") if args.stage == "all" else (args.stage,)
+    return Monitor(_monitor_settings(args), stages=stages).run_forever()
+
+
+def _add_kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", help="overrides NLPSUITE_MONITOR_KAFKA__BOOTSTRAP_SERVERS")
+    p.add_argument("--topic", help="the news topic (default: news, or NLPSUITE_MONITOR_TOPICS__NEWS)")
+    p.add_argument("--local-broker", action="store_true",
+                   help="fast group timing for the loopback test broker (`nlpsuite broker`); not for production")
+
+
 SERVICES = ("sentiment", "chat", "recommend")
 
 
@@ -199,6 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = all cores)")
     p.add_argument("--tolerance", type=float, default=1e-3)
     p.set_defaults(func=_cmd_quantcheck)
+
+
+    p = sub.add_parser("broker", help="run the local Kafka-compatible Tansu broker (memory only: data is lost on stop)")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--topics", default="news,news.scored,alerts,news.dlq", help="comma-separated topics to create")
+    p.add_argument("--partitions", type=int, default=4)
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("produce", help="replay a JSONL file into the news topic")
+    p.add_argument("--file", type=Path, required=True)
+    p.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    _add_kafka_args(p)
+    p.set_defaults(func=_cmd_produce)
+
+    p = sub.add_parser("stream", help="the news monitor: news -> sentiment service -> news.scored -> alerts")
+    p.add_argument("--sentiment", help="sentiment service host:port (NLPSUITE_MONITOR_SENTIMENT_TARGET)")
+    p.add_argument("--watchlist", type=Path, help="watchlist YAML mapping message tickers to company names")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--stage", choices=["all", "score", "aggregate"], default="all",
+                   help="run both stages (default) or one, to scale them separately")
+    _add_kafka_args(p)
+    p.set_defaults(func=_cmd_stream)
 
     p = sub.add_parser("serve", help="run gRPC services (ports, models and limits from the configuration)")
     p.add_argument("service", choices=[*SERVICES, "all"])

@@ -85,3 +85,23 @@ def built_intent(tmp_path_factory, tiny_checkpoint):
     return build(quick_config(name="tiny-intent", data=examples_dir() / "intents.csv", label_col="intent",
                               base=tiny_checkpoint, repository=repo, hyperparameters=hp, force=True,
                               variants=("fp32", "int8")))
+
+
+@pytest.fixture(scope="session")
+def sentiment_repository(tmp_path_factory) -> Path:
+    """A real sentiment model built from examples/sentiment.csv (minutes on 2 cores), or a prebuilt
+    repository given as NLPSUITE_TEST_MODELS (a directory holding sentiment/<version>/)."""
+    import os
+    import subprocess
+    import sys
+
+    prebuilt = os.environ.get("NLPSUITE_TEST_MODELS")
+    if prebuilt:
+        path = Path(prebuilt)
+        if not (path / "sentiment").is_dir():
+            pytest.fail(f"NLPSUITE_TEST_MODELS={prebuilt} has no sentiment model")
+        return path
+    repo = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, "-m", "nlpsuite.cli", "build-defaults", "--only", "sentiment",
+                    "--repository", str(repo), "--no-progress"], check=True)
+    return repo

@@ -1,0 +1,155 @@
+"""Monitor configuration: pydantic-settings with the env prefix NLPSUITE_MONITOR_ (nested with `__`).
+
+Kafka defaults are the production-safe ones (they suit a real Apache Kafka cluster). The `local()` profile
+tunes group timing for the loopback test broker only; never ship it to production (real Kafka rejects
+session timeouts under 6000 ms by default).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the cluster. Everything kafka-python needs for TLS and SASL comes from here."""
+
+    bootstrap_servers: str = "localhost:9092"
+    client_id: str = "nlpsuite-monitor"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    # Group and fetch timing: kafka-python's production defaults.
+    session_timeout_ms: int = 45000
+    heartbeat_interval_ms: int = 3000
+    max_poll_interval_ms: int = 300000
+    fetch_max_wait_ms: int = 500
+    request_timeout_ms: int = 30000
+    producer_linger_ms: int = 5
+    producer_acks: Literal["all", "1", "0"] = "all"
+
+    def common(self) -> dict[str, Any]:
+        """Connection settings shared by consumers, producers and the admin client."""
+        out: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            out["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    out[name] = str(value)
+            if self.ssl_password is not None:
+                out["ssl_password"] = self.ssl_password.get_secret_value()
+        if self.security_protocol.startswith("SASL"):
+            out["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            if self.sasl_plain_username is not None:
+                out["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                out["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        return out
+
+    def consumer(self, group_id: str | None, **extra: Any) -> dict[str, Any]:
+        out = self.common() | {
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "allow_auto_create_topics": False,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+        }
+        return out | extra
+
+    def producer(self, **extra: Any) -> dict[str, Any]:
+        acks: Any = self.producer_acks if self.producer_acks == "all" else int(self.producer_acks)
+        return self.common() | {"acks": acks, "linger_ms": self.producer_linger_ms, "retries": 5,
+                                "allow_auto_create_topics": False} | extra
+
+    def local(self) -> "KafkaSettings":
+        """Fast group joins and low fetch latency for a loopback test broker only."""
+        return self.model_copy(update={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500,
+                                       "fetch_max_wait_ms": 20, "request_timeout_ms": 10000,
+                                       "max_poll_interval_ms": 60000})
+
+
+class Topics(BaseModel):
+    news: str = "news"
+    scored: str = "news.scored"
+    alerts: str = "alerts"
+    dlq: str = "news.dlq"
+
+    def all(self) -> list[str]:
+        return [self.news, self.scored, self.alerts, self.dlq]
+
+
+class SurgeRule(BaseModel):
+    """When a window is a surge. All of: negatives >= min_negatives, negative share >= min_share, and
+    negatives / max(baseline, baseline_floor) >= min_ratio, where baseline is the mean negatives per
+    window length over the `baseline_windows` window lengths before the window starts."""
+
+    name: str = "negative-surge"
+    min_negatives: int = 5
+    min_share: float = 0.5
+    min_ratio: float = 3.0
+    baseline_floor: float = 0.5
+    cooldown_s: float = 3600.0  # event time; one alert per key per cooldown
+
+
+class WindowSettings(BaseModel):
+    length_s: int = 1800
+    slide_s: int = 300
+    allowed_lateness_s: int = 600
+    baseline_windows: int = 6
+    top_headlines: int = 5
+
+    @model_validator(mode="after")
+    def _check(self) -> "WindowSettings":
+        if self.length_s <= 0 or self.slide_s <= 0 or self.length_s % self.slide_s:
+            raise ValueError("window length must be a positive multiple of the slide")
+        if self.allowed_lateness_s < 0 or self.baseline_windows < 0:
+            raise ValueError("allowed lateness and baseline windows must not be negative")
+        return self
+
+
+class MonitorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NLPSUITE_MONITOR_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: Topics = Field(default_factory=Topics)
+    group_id: str = "nlpsuite-monitor"  # stage 1 uses this; stage 2 uses f"{group_id}.aggregate"
+    sentiment_target: str = "localhost:50051"  # `nlpsuite serve sentiment` default port
+    sentiment_timeout_s: float = 10.0
+    sentiment_text: Literal["headline", "headline_body"] = "headline"
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    shutdown_grace_s: float = 10.0  # on SIGTERM during an outage: keep retrying this long, then leave uncommitted
+    batch_max: int = 256
+    align_s: float = 60.0  # event-time skew allowed between news partitions with a backlog (0: off)
+    max_inflight: int = 2  # sentiment calls in flight (batches are still committed strictly in order)
+    poll_timeout_ms: int = 1000
+    max_message_bytes: int = 64 * 1024
+    max_headline_chars: int = 1000
+    watchlist: Path | None = None  # optional: maps message tickers to canonical company names
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    entity_rule: SurgeRule = Field(default_factory=SurgeRule)
+    topic_rule: SurgeRule = Field(default_factory=lambda: SurgeRule(name="topic-negative-surge", min_negatives=8,
+                                                                     min_share=0.6, min_ratio=4.0))
+    watch_topics: bool = True
+    metrics_port: int = 0  # 0: no HTTP endpoint
+    webhook_url: str | None = None
+    webhook_retries: int = 5
+    webhook_timeout_s: float = 5.0
+    rebuild_max_records: int = 1_000_000  # per partition; bounds how far back state is rebuilt

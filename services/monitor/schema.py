@@ -1,0 +1,162 @@
+"""Message schemas for the monitor's topics and the validation that routes bad input to the DLQ."""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class NewsItem(BaseModel):
+    """One message on the `news` topic."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    headline: str = Field(min_length=1)
+    body: str | None = None
+    source: str = Field(min_length=1, max_length=200)
+    published_at: datetime
+    tickers: list[str] = Field(default_factory=list)
+
+    @field_validator("published_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("published_at needs a timezone (ISO-8601 with Z or an offset)")
+        return value.astimezone(timezone.utc)
+
+    @field_validator("tickers", mode="before")
+    @classmethod
+    def _tickers(cls, value):
+        return [] if value is None else value
+
+    @property
+    def event_time(self) -> float:
+        return self.published_at.timestamp()
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_news(raw: bytes | None, *, max_bytes: int, max_headline_chars: int) -> NewsItem:
+    """Validate one raw `news` value; raise Rejected with a short machine-readable reason."""
+    if raw is None:
+        raise Rejected("empty", "tombstone or null value")
+    if len(raw) > max_bytes:
+        raise Rejected("oversize", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected("not_json", str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise Rejected("not_object", type(data).__name__)
+    headline = data.get("headline")
+    if headline is None or (isinstance(headline, str) and not headline.strip()):
+        raise Rejected("missing_headline")
+    try:
+        item = NewsItem.model_validate(data)
+    except ValidationError as exc:
+        fields = {str(err["loc"][0]) if err["loc"] else "" for err in exc.errors()}
+        reason = "bad_timestamp" if "published_at" in fields else "invalid"
+        raise Rejected(reason, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                         for e in exc.errors())[:500]) from None
+    if len(item.headline) > max_headline_chars:
+        raise Rejected("oversize", f"headline of {len(item.headline)} chars > {max_headline_chars}")
+    return item
+
+
+class DeadLetter(BaseModel):
+    """A `news.dlq` record: the original bytes (base64), why, and where it came from."""
+
+    schema_version: int = SCHEMA_VERSION
+    reason: str
+    detail: str = ""
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+    key_b64: str | None = None
+    value_b64: str | None = None
+
+    @classmethod
+    def of(cls, record, reason: str, detail: str = "") -> "DeadLetter":
+        enc = lambda b: None if b is None else base64.b64encode(b).decode("ascii")  # noqa: E731
+        return cls(reason=reason, detail=detail, topic=record.topic, partition=record.partition,
+                   offset=record.offset, timestamp_ms=record.timestamp, key_b64=enc(record.key),
+                   value_b64=enc(record.value))
+
+    def original(self) -> bytes | None:
+        return None if self.value_b64 is None else base64.b64decode(self.value_b64)
+
+
+class Score(BaseModel):
+    label: str
+    score: float
+
+
+class Entity(BaseModel):
+    name: str
+    ticker: str = ""
+    matched: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.ticker or self.name
+
+
+class ScoredItem(BaseModel):
+    """A `news.scored` record. One news item gives one record per matched entity and per topic (keyed by
+    it, so one entity's news stays ordered in one partition), or a single `none` record."""
+
+    schema_version: int = SCHEMA_VERSION
+    key_kind: Literal["entity", "topic", "none"]
+    key: str
+    item: NewsItem
+    label: str
+    confidence: float
+    scores: list[Score]
+    topics: list[str]
+    entities: list[Entity]
+    model: dict[str, str]
+    truncated: bool = False
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    published_ms: int | None = None  # Kafka timestamp of the news record (publish time)
+    sentiment_ms: float = 0.0  # wall time of the sentiment call this item rode in
+    scored_at_ms: int = 0
+
+
+class Alert(BaseModel):
+    """An `alerts` record. `id` is derived from (key_kind, key, rule, window start), so a replay produces the
+    same id; consumers drop repeats by id."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    rule: str
+    key_kind: Literal["entity", "topic"]
+    key: str
+    name: str
+    window_start: datetime
+    window_end: datetime
+    negatives: int
+    total: int
+    share: float
+    baseline: float
+    ratio: float
+    severity: Literal["low", "medium", "high"]
+    triggered_by: str  # id of the news item whose arrival made the window pass
+    triggered_event_time: datetime
+    headlines: list[dict]  # the most negative headlines: id, headline, negative score, published_at
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()

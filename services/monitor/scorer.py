@@ -1,0 +1,433 @@
+"""Stage 1: `news` -> validate (bad input to `news.dlq`) -> sentiment service (gRPC, batched) -> `news.scored`.
+
+Each valid item is published once per matched entity and once per topic, keyed by that entity or topic,
+so all of one entity's news lands in one `news.scored` partition in order (the repartition step that lets
+stage 2 keep each entity's windows in exactly one instance). Items that match nothing get one `none`
+record keyed by their id, so every valid input id appears in `news.scored`.
+
+Delivery: the offsets of a batch are committed only after every DLQ and scored record it caused was
+acknowledged by the broker. If the sentiment service fails, the batch is retried with backoff (the
+partitions are paused meanwhile so the consumer stays in its group) and nothing is committed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import grpc
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
+
+from .config import MonitorSettings
+from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets
+from .metrics import MonitorMetrics
+from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.CANCELLED}
+
+
+class BatchAbandoned(Exception):
+    """The batch in hand cannot finish (shutdown during an outage, or its partitions were revoked)."""
+
+
+def load_ticker_names(path) -> dict[str, str]:
+    if path is None:
+        return {}
+    data = yaml.safe_load(open(path)) or {}
+    return {c["ticker"].upper(): c["name"] for c in data.get("companies", []) if c.get("ticker")}
+
+
+@dataclass
+class _Valid:
+    record: object
+    item: NewsItem
+
+
+@dataclass
+class _Batch:
+    records: dict
+    valid: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    futures: list = field(default_factory=list)  # broker acks to wait for (dead letters)
+    rejected: list = field(default_factory=list)  # (record, reason, detail) dead-lettered by the service
+    call: object = None  # the in-flight gRPC future
+    t0: float = 0.0
+
+    def ready(self) -> bool:
+        return self.call is None or self.call.done()
+
+
+class Scorer:
+    def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics, stop: threading.Event):
+        self.s = settings
+        self.metrics = metrics
+        self.stop = stop
+        self.shutdown_grace_s = settings.shutdown_grace_s
+        self.tickers = load_ticker_names(settings.watchlist)
+        self.listener = Listener(on_revoked=self._forget)
+        self.next_time: dict = {}  # partition -> event time (or a lower bound) of its next record
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
+        options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
+                   ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
+                   ("grpc.max_reconnect_backoff_ms", int(settings.retry_max_s * 1000))]
+        self.channel = grpc.insecure_channel(settings.sentiment_target, options=options)
+        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def open(self) -> None:
+        k = self.s.kafka
+        self.consumer = KafkaConsumer(**k.consumer(self.s.group_id, max_poll_records=self.s.batch_max))
+        self.consumer.subscribe([self.s.topics.news], listener=self.listener)
+        self.producer = KafkaProducer(**k.producer())
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()  # leaves the group
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+        self.channel.close()
+
+    def run(self) -> None:
+        """Poll, start the sentiment call of each batch at once (up to `max_inflight` in flight, so the service
+        works while this thread publishes and commits), and finish batches strictly in poll order."""
+        assert self.consumer is not None
+        inflight: deque[_Batch] = deque()
+        while not self.stop.is_set():
+            if len(inflight) < self.s.max_inflight:
+                timeout = 5 if inflight else self.s.poll_timeout_ms
+                records = self.consumer.poll(timeout_ms=timeout)
+                if self.listener.take_revoked() and inflight:
+                    # A rebalance while batches are in flight: drop them and what this poll returned, and
+                    # seek every partition still owned back to the earliest of those records.
+                    if records:
+                        inflight.append(_Batch(records=records))
+                    self._abandon(inflight, "partitions were revoked while batches were in flight")
+                    continue
+                self.metrics.update_lag(self.consumer)
+                records = self._align(records)
+                if records:
+                    inflight.append(self._start(records))
+            while inflight and (inflight[0].ready() or len(inflight) >= self.s.max_inflight):
+                batch = inflight.popleft()
+                if not self._finish(batch):
+                    inflight.appendleft(batch)
+                    self._abandon(inflight, "a batch could not finish")
+        # Graceful stop: finish what is in hand (in order), commit, then close() leaves the group.
+        while inflight:
+            batch = inflight.popleft()
+            if not self._finish(batch):
+                inflight.appendleft(batch)
+                self._abandon(inflight, "shutdown")
+
+    def _forget(self, revoked) -> None:
+        for tp in revoked:
+            self.next_time.pop(tp, None)
+
+    def _lag(self, tp) -> int | None:
+        high = self.consumer.highwater(tp)
+        if high is None:
+            return None
+        try:
+            pos = self.consumer.position(tp, timeout_ms=50)
+        except Exception:  # noqa: BLE001
+            return None
+        return None if pos is None else high - pos
+
+    def _align(self, records: dict) -> dict:
+        """Event-time alignment across the `news` partitions this instance reads (as Kafka Streams picks the
+        partition with the oldest record). With a backlog (after a restart or an outage) one poll can return
+        hours of one partition before any of another, and the windows downstream would see the others' items
+        as late. So records more than `align_s` (event time) ahead of the next record of the slowest partition
+        that still has records waiting are put back: cut from the batch, and their partition is rewound (seek)
+        to the first one cut, to be fetched again later. Caught-up partitions never hold the others back, so in
+        steady state nothing is cut. (seek rather than pause: kafka-python 3.0.12 can leave a paused
+        partition's parked records stuck after resume().)
+
+        `next_time[tp]` is the event time of the partition's next record, or a lower bound of it (the last
+        record taken: a partition's items are in time order). The partition with the smallest one always
+        gets its records through, so this cannot stall."""
+        if not records:
+            return records
+        times = {tp: [_event_time(r.value) for r in recs] for tp, recs in records.items()}
+        for tp, ts in times.items():
+            first = next((t for t in ts if t is not None), None)
+            if first is not None:
+                self.next_time[tp] = first
+        if self.s.align_s <= 0:
+            return records
+        waiting = []
+        for tp in self.consumer.assignment():
+            if tp not in self.next_time:
+                continue  # never seen: nothing to compare with (all partitions are fetched in parallel)
+            lag = self._lag(tp)
+            if tp in records or lag is None or lag > 0:
+                waiting.append(self.next_time[tp])
+        if not waiting:
+            return records
+        limit = min(waiting) + self.s.align_s
+        kept = {}
+        for tp, recs in records.items():
+            ts = times[tp]
+            cut = next((i for i, t in enumerate(ts) if t is not None and t > limit), None)
+            if cut is None:
+                kept[tp] = recs
+                last = next((t for t in reversed(ts) if t is not None), None)
+                if last is not None:
+                    self.next_time[tp] = last
+                continue
+            self.consumer.seek(tp, recs[cut].offset)
+            self.next_time[tp] = ts[cut]
+            if cut:
+                kept[tp] = recs[:cut]
+        return kept
+
+    def process(self, records: dict) -> bool:
+        """Handle one polled batch end to end (no pipelining); True when its offsets were committed."""
+        batch = self._start(records)
+        if self._finish(batch):
+            return True
+        self._abandon(deque([batch]), "the batch could not finish")
+        return False
+
+    # -- one batch -------------------------------------------------------------------------------------
+    def _start(self, records: dict) -> "_Batch":
+        """Validate (dead-letter the bad ones) and send the sentiment call without waiting for it."""
+        batch = _Batch(records=records)
+        for tp, recs in records.items():
+            self.metrics.consumed.labels(tp.topic).inc(len(recs))
+            for rec in recs:
+                try:
+                    batch.valid.append(_Valid(rec, parse_news(rec.value, max_bytes=self.s.max_message_bytes,
+                                                              max_headline_chars=self.s.max_headline_chars)))
+                except Rejected as exc:
+                    batch.rejected.append((rec, exc.reason, exc.detail))
+                    batch.futures.append(self._dead_letter(rec, exc.reason, exc.detail))
+        if batch.valid:
+            batch.texts = [self._text(v.item) for v in batch.valid]
+            batch.t0 = time.perf_counter()
+            batch.call = self.stub.Analyze.future(sentiment_pb2.AnalyzeRequest(texts=batch.texts),
+                                                  timeout=self.s.sentiment_timeout_s)
+        return batch
+
+    def _finish(self, batch: "_Batch") -> bool:
+        """Wait for the batch's scores (retrying with backoff), publish, confirm, commit. False: the batch was
+        abandoned; the caller rewinds (see _abandon) so its records are redelivered."""
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
+        try:
+            results, model, elapsed = self._analyze(batch)
+            while True:
+                try:
+                    self._publish(batch, results, model, elapsed)
+                    return True
+                except PublishFailed as exc:
+                    self.metrics.publish_failures.labels("score").inc()
+                    log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
+                    self._replace_producer()
+                    self._wait(backoff.next(), batch.records)
+                    batch.futures = [self._dead_letter(r, reason, detail, count=False)
+                                     for r, reason, detail in batch.rejected]
+        except BatchAbandoned as exc:
+            log.warning("batch abandoned (%s); its records will be redelivered", exc)
+            if batch.call is not None:
+                batch.call.cancel()
+            return False
+
+    def _abandon(self, inflight: "deque[_Batch]", why: str) -> None:
+        """Drop these batches (a failed one and those started after it) and seek each partition still owned back
+        to the earliest offset among them, so nothing in them is skipped."""
+        if not inflight:
+            return
+        log.warning("dropping %d batch(es) in flight (%s); their records will be redelivered", len(inflight), why)
+        starts: dict = {}
+        while inflight:
+            batch = inflight.popleft()
+            if batch.call is not None:
+                batch.call.cancel()
+            for tp, offset in first_offsets(batch.records).items():
+                starts[tp] = min(offset, starts.get(tp, offset))
+        assignment = self.consumer.assignment()
+        for tp, offset in starts.items():
+            if tp in assignment:
+                self.consumer.seek(tp, offset)
+
+    def _publish(self, batch: "_Batch", results, model: dict, elapsed: float) -> None:
+        records, valid, futures = batch.records, batch.valid, list(batch.futures)
+        topic = self.s.topics
+        now_ms = int(time.time() * 1000)
+        # Event-time order within the batch, so each key's records reach news.scored in time order.
+        order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
+        scored_ts: list[int | None] = []
+        for i in order:
+            v, res = valid[i], results[i]
+            if res is None:
+                continue  # rejected by the service: dead-lettered in _analyze
+            for out in self._scored(v, res, model, elapsed, now_ms):
+                futures.append(self.producer.send(topic.scored, key=out.key.encode(),
+                                                  value=out.model_dump_json().encode()))
+            scored_ts.append(v.record.timestamp)
+        confirm(self.producer, futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        acked = time.time()
+        if self._lost_partitions(records):
+            raise BatchAbandoned("partitions were revoked before the commit")
+        try:
+            self.consumer.commit(next_offsets(records))
+        except KafkaError as exc:  # e.g. a rebalance took the partitions: their new owner replays them
+            raise BatchAbandoned(f"commit failed: {exc!r}") from None
+        self.metrics.scored.inc(len(scored_ts))
+        for ts in scored_ts:
+            if ts is not None and ts > 0:
+                self.metrics.publish_to_scored.observe(max(0.0, acked - ts / 1000))
+
+    def _dead_letter(self, rec, reason: str, detail: str, count: bool = True):
+        if count:
+            self.metrics.dead_lettered.labels(reason).inc()
+        letter = DeadLetter.of(rec, reason, detail)
+        return self.producer.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
+
+    def _text(self, item: NewsItem) -> str:
+        if self.s.sentiment_text == "headline_body" and item.body:
+            return f"{item.headline}. {item.body}"
+        return item.headline
+
+    def _analyze(self, batch: "_Batch"):
+        """Results in `valid` order (None for an item the service rejects), model info and call time."""
+        valid, records = batch.valid, batch.records
+        if not valid:
+            return [], {}, 0.0
+        try:
+            try:
+                resp = batch.call.result()
+                elapsed = time.perf_counter() - batch.t0
+                self.metrics.sentiment_seconds.observe(elapsed)
+            except grpc.RpcError as exc:
+                self._failed(exc)  # raises _Invalid for INVALID_ARGUMENT
+                self._wait(self._first_delay, records)
+                resp, elapsed = self._call(batch.texts, records)
+            return list(resp.results), _model(resp), elapsed
+        except _Invalid:
+            pass
+        # The service rejected the batch: find the bad items one by one and dead-letter them.
+        results, model, elapsed = [], {}, 0.0
+        for v, text in zip(valid, batch.texts):
+            try:
+                resp, el = self._call([text], records)
+                results.append(resp.results[0])
+                model, elapsed = _model(resp), elapsed + el
+            except _Invalid as exc:
+                results.append(None)
+                batch.rejected.append((v.record, "rejected_by_sentiment", str(exc)))
+                batch.futures.append(self._dead_letter(v.record, "rejected_by_sentiment", str(exc)))
+        return results, model, elapsed
+
+    @property
+    def _first_delay(self) -> float:
+        return self.s.retry_initial_s
+
+    def _failed(self, exc: grpc.RpcError) -> None:
+        code = exc.code()
+        self.metrics.sentiment_errors.labels(code.name if code else "UNKNOWN").inc()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise _Invalid(exc.details()) from None
+        log.warning("sentiment call failed (%s: %s); retrying with backoff, nothing committed", code, exc.details())
+
+    def _call(self, texts: list[str], records: dict):
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                resp = self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=self.s.sentiment_timeout_s)
+                elapsed = time.perf_counter() - t0
+                self.metrics.sentiment_seconds.observe(elapsed)
+                return resp, elapsed
+            except grpc.RpcError as exc:
+                self._failed(exc)
+                delay = backoff.next()
+                self._wait(delay, records)
+
+    def _wait(self, delay: float, records: dict) -> None:
+        """Back off before a retry. Abandon on shutdown past the grace period, or when a partition of the batch
+        was revoked."""
+        # No poll() here (it would hand out more records): kafka-python 3 heartbeats from a background thread,
+        # so the member stays in the group for max_poll_interval_ms; past that it is dropped, the commit fails
+        # and the batch is replayed by whoever owns the partitions.
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            if self._lost_partitions(records):
+                raise BatchAbandoned("partitions were revoked while retrying")
+            if self.stop.is_set():
+                if self._stop_deadline is None:
+                    self._stop_deadline = time.monotonic() + self.shutdown_grace_s
+                elif time.monotonic() > self._stop_deadline:
+                    raise BatchAbandoned("shutdown while the batch could not finish")
+
+    _stop_deadline: float | None = None
+
+    def _lost_partitions(self, records: dict) -> bool:
+        revoked = self.listener.revoked
+        assignment = self.consumer.assignment()
+        return any(tp in revoked or tp not in assignment for tp in records)
+
+    def _replace_producer(self) -> None:
+        old = self.producer
+        self.producer = KafkaProducer(**self.s.kafka.producer())
+        try:
+            old.close(timeout=1)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _scored(self, v: _Valid, res, model: dict, elapsed: float, now_ms: int) -> list[ScoredItem]:
+        entities: dict[str, Entity] = {}
+        for m in res.entities:
+            e = Entity(name=m.name, ticker=m.ticker.upper(), matched=m.matched)
+            entities.setdefault(e.key, e)
+        for t in v.item.tickers:
+            t = t.strip().upper()
+            if t and t not in entities:
+                entities[t] = Entity(name=self.tickers.get(t, t), ticker=t, matched="tickers")
+        topics = sorted(set(res.topics))
+        base = dict(
+            item=v.item, label=res.label, confidence=res.confidence,
+            scores=[Score(label=s.label, score=s.score) for s in res.scores], topics=topics,
+            entities=list(entities.values()), model=model, truncated=res.truncated,
+            source_topic=v.record.topic, source_partition=v.record.partition, source_offset=v.record.offset,
+            published_ms=v.record.timestamp, sentiment_ms=round(elapsed * 1000, 3), scored_at_ms=now_ms,
+        )
+        out = [ScoredItem(key_kind="entity", key=key, **base) for key in entities]
+        if self.s.watch_topics:
+            out += [ScoredItem(key_kind="topic", key=t, **base) for t in topics]
+        if not out:
+            out.append(ScoredItem(key_kind="none", key=v.item.id, **base))
+        return out
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _model(resp) -> dict[str, str]:
+    m = resp.model
+    return {"name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider}
+
+
+def _event_time(value: bytes | None) -> float | None:
+    """published_at of a raw news value, for alignment only (None when it does not parse; validation decides)."""
+    try:
+        data = json.loads(value)
+        return datetime.fromisoformat(str(data["published_at"]).replace("Z", "+00:00")).timestamp()
+    except Exception:  # noqa: BLE001
+        return None
