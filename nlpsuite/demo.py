@@ -131,11 +131,14 @@ def has_recommender(repository: Path) -> bool:
 def serve_env(repository: Path, ports: dict[str, int] | None = None) -> dict[str, str]:
     """Environment for `nlpsuite serve all` on this repository (and on the given loopback ports)."""
     env = {}
-    if repository != Path("models"):
-        for key in ("SENTIMENT__MODEL", "CHAT__INTENT_MODEL", "CHAT__EMBEDDER", "RECOMMEND__EMBEDDER"):
-            env[f"NLPSUITE_{key}__REPOSITORY"] = str(repository)
+    if repository != Path("models"):  # a nested model setting is replaced as a whole: name it too
+        models = {"SENTIMENT__MODEL": "sentiment", "CHAT__INTENT_MODEL": "intent", "CHAT__EMBEDDER": "embedder",
+                  "RECOMMEND__EMBEDDER": "embedder"}
         if has_recommender(repository):
-            env["NLPSUITE_RECOMMEND__RANKER__REPOSITORY"] = str(repository)
+            models["RECOMMEND__RANKER"] = "recommender"
+        for key, name in models.items():
+            env[f"NLPSUITE_{key}__NAME"] = name
+            env[f"NLPSUITE_{key}__REPOSITORY"] = str(repository)
     if not has_recommender(repository):
         env["NLPSUITE_RECOMMEND__RANKER"] = "null"  # text match only
     for name, port in (ports or {}).items():
