@@ -1,12 +1,10 @@
 """Helpers for the monitor's Kafka tests: a real sentiment server in a subprocess (so it can be stopped and
 restarted on the same port), topic readers, and monitor settings for the local broker.
 
-`python -m tests.monitor_support REPOSITORY PORT` runs the real SentimentService (the serving code of the
-`serve` branch) on 127.0.0.1:PORT until SIGTERM.
 """
 from __future__ import annotations
 
-import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -30,8 +28,14 @@ class SentimentProcess:
 
     def start(self, timeout_s: float = 120) -> "SentimentProcess":
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.monitor_support", str(self.repository),
-                                      str(self.port)], cwd=ROOT, stdout=out, stderr=out)
+        # The real service, started the way users start it: `nlpsuite serve sentiment`, configured by env.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NLPSUITE_")} | {
+            "NLPSUITE_SENTIMENT__HOST": "127.0.0.1", "NLPSUITE_SENTIMENT__PORT": str(self.port),
+            "NLPSUITE_SENTIMENT__MODEL__NAME": "sentiment",
+            "NLPSUITE_SENTIMENT__MODEL__REPOSITORY": str(self.repository), "NLPSUITE_SENTIMENT__GRACE_S": "2",
+        }
+        self.proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment"], cwd=ROOT,
+                                     env=env, stdout=out, stderr=out)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout_s
@@ -99,30 +103,14 @@ def monitor_settings(bootstrap: str, topics, sentiment_target: str, **overrides)
     """Settings for a replay of the example file at full speed on the local broker.
 
     The replay compresses 4 simulated hours into seconds, so the allowed lateness (event time) is raised to
-    cover the reordering between the `news` partitions: in real time it is milliseconds of skew."""
+    cover the reordering between the `news` partitions and instances (in real time it is milliseconds of
+    skew); the partition alignment (`align_s`) keeps that reordering well under it."""
     from nlpsuite.services.monitor.config import KafkaSettings, MonitorSettings, WindowSettings
     from nlpsuite.examples import __file__ as examples_init
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap, client_id="monitor-test").local()
     defaults = dict(kafka=kafka, topics=topics, group_id=f"g-{uuid.uuid4().hex[:8]}", sentiment_target=sentiment_target,
                     watchlist=Path(examples_init).parent / "watchlist.yaml",
-                    windows=WindowSettings(allowed_lateness_s=7200), retry_initial_s=0.1, retry_max_s=1.0,
+                    windows=WindowSettings(allowed_lateness_s=7200), align_s=600, retry_initial_s=0.1, retry_max_s=1.0,
                     poll_timeout_ms=500)
     return MonitorSettings(**(defaults | overrides))
-
-
-def _serve(repository: str, port: int) -> None:
-    from nlpsuite.shared.config import BatchSettings, ModelSettings, SentimentSettings
-    from nlpsuite.shared.server import serve_forever
-    from nlpsuite.services.sentiment.service import SentimentService
-    from nlpsuite.examples import __file__ as examples_init
-
-    settings = SentimentSettings(host="127.0.0.1", port=port, metrics_port=None,
-                                 model=ModelSettings(name="sentiment", repository=Path(repository)),
-                                 watchlist=Path(examples_init).parent / "watchlist.yaml",
-                                 batch=BatchSettings(workers=2, max_delay_ms=2.0), grace_s=2.0)
-    asyncio.run(serve_forever([SentimentService(settings)]))
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1], int(sys.argv[2]))

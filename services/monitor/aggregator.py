@@ -74,11 +74,10 @@ class Aggregator:
 
     # -- rebalance -------------------------------------------------------------------------------------
     def _assigned(self, assigned: set[TopicPartition]) -> None:
-        # Called inside poll(): only note and pause; the rebuild runs in the loop before the next poll.
-        new = {tp for tp in assigned}
-        self.pending_rebuild |= new
-        if new:
-            self.consumer.pause(*new)
+        # Called inside poll(): only note them; the loop rebuilds them before processing any of their records
+        # (those start at the committed offset, where the rebuild stops). No pause(): kafka-python 3.0.12 can
+        # leave a paused partition's parked records stuck after resume().
+        self.pending_rebuild |= set(assigned)
 
     def _revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
@@ -180,7 +179,6 @@ class Aggregator:
                 tps = {tp for tp in tps if tp in owned}
                 if tps:
                     self.rebuild(tps)
-                    self.consumer.resume(*tps)
             self.metrics.update_lag(self.consumer)
             if records:
                 self.process(records)

@@ -130,13 +130,14 @@ class MonitorSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: Topics = Field(default_factory=Topics)
     group_id: str = "nlpsuite-monitor"  # stage 1 uses this; stage 2 uses f"{group_id}.aggregate"
-    sentiment_target: str = "localhost:50052"
+    sentiment_target: str = "localhost:50051"  # `nlpsuite serve sentiment` default port
     sentiment_timeout_s: float = 10.0
     sentiment_text: Literal["headline", "headline_body"] = "headline"
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     shutdown_grace_s: float = 10.0  # on SIGTERM during an outage: keep retrying this long, then leave uncommitted
     batch_max: int = 256
+    align_s: float = 60.0  # event-time skew allowed between news partitions with a backlog (0: off)
     max_inflight: int = 2  # sentiment calls in flight (batches are still committed strictly in order)
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024

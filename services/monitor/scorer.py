@@ -11,11 +11,13 @@ partitions are paused meanwhile so the consumer stays in its group) and nothing 
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
 import yaml
@@ -74,7 +76,8 @@ class Scorer:
         self.stop = stop
         self.shutdown_grace_s = settings.shutdown_grace_s
         self.tickers = load_ticker_names(settings.watchlist)
-        self.listener = Listener()
+        self.listener = Listener(on_revoked=self._forget)
+        self.next_time: dict = {}  # partition -> event time (or a lower bound) of its next record
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
@@ -115,6 +118,7 @@ class Scorer:
                     self._abandon(inflight, "partitions were revoked while batches were in flight")
                     continue
                 self.metrics.update_lag(self.consumer)
+                records = self._align(records)
                 if records:
                     inflight.append(self._start(records))
             while inflight and (inflight[0].ready() or len(inflight) >= self.s.max_inflight):
@@ -128,6 +132,68 @@ class Scorer:
             if not self._finish(batch):
                 inflight.appendleft(batch)
                 self._abandon(inflight, "shutdown")
+
+    def _forget(self, revoked) -> None:
+        for tp in revoked:
+            self.next_time.pop(tp, None)
+
+    def _lag(self, tp) -> int | None:
+        high = self.consumer.highwater(tp)
+        if high is None:
+            return None
+        try:
+            pos = self.consumer.position(tp, timeout_ms=50)
+        except Exception:  # noqa: BLE001
+            return None
+        return None if pos is None else high - pos
+
+    def _align(self, records: dict) -> dict:
+        """Event-time alignment across the `news` partitions this instance reads (as Kafka Streams picks the
+        partition with the oldest record). With a backlog (after a restart or an outage) one poll can return
+        hours of one partition before any of another, and the windows downstream would see the others' items
+        as late. So records more than `align_s` (event time) ahead of the next record of the slowest partition
+        that still has records waiting are put back: cut from the batch, and their partition is rewound (seek)
+        to the first one cut, to be fetched again later. Caught-up partitions never hold the others back, so in
+        steady state nothing is cut. (seek rather than pause: kafka-python 3.0.12 can leave a paused
+        partition's parked records stuck after resume().)
+
+        `next_time[tp]` is the event time of the partition's next record, or a lower bound of it (the last
+        record taken: a partition's items are in time order). The partition with the smallest one always
+        gets its records through, so this cannot stall."""
+        if not records:
+            return records
+        times = {tp: [_event_time(r.value) for r in recs] for tp, recs in records.items()}
+        for tp, ts in times.items():
+            first = next((t for t in ts if t is not None), None)
+            if first is not None:
+                self.next_time[tp] = first
+        if self.s.align_s <= 0:
+            return records
+        waiting = []
+        for tp in self.consumer.assignment():
+            if tp not in self.next_time:
+                continue  # never seen: nothing to compare with (all partitions are fetched in parallel)
+            lag = self._lag(tp)
+            if tp in records or lag is None or lag > 0:
+                waiting.append(self.next_time[tp])
+        if not waiting:
+            return records
+        limit = min(waiting) + self.s.align_s
+        kept = {}
+        for tp, recs in records.items():
+            ts = times[tp]
+            cut = next((i for i, t in enumerate(ts) if t is not None and t > limit), None)
+            if cut is None:
+                kept[tp] = recs
+                last = next((t for t in reversed(ts) if t is not None), None)
+                if last is not None:
+                    self.next_time[tp] = last
+                continue
+            self.consumer.seek(tp, recs[cut].offset)
+            self.next_time[tp] = ts[cut]
+            if cut:
+                kept[tp] = recs[:cut]
+        return kept
 
     def process(self, records: dict) -> bool:
         """Handle one polled batch end to end (no pipelining); True when its offsets were committed."""
@@ -293,24 +359,21 @@ class Scorer:
                 self._wait(delay, records)
 
     def _wait(self, delay: float, records: dict) -> None:
-        """Back off while staying in the group: pause, poll (no records), resume. Abandon on shutdown past the
-        grace period, or when a partition of the batch was revoked."""
-        consumer = self.consumer
-        assigned = consumer.assignment()
-        consumer.pause(*assigned)
-        try:
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
-                consumer.poll(timeout_ms=min(100, max(1, int((deadline - time.monotonic()) * 1000))))
-                if self._lost_partitions(records):
-                    raise BatchAbandoned("partitions were revoked while retrying")
-                if self.stop.is_set():
-                    if self._stop_deadline is None:
-                        self._stop_deadline = time.monotonic() + self.shutdown_grace_s
-                    elif time.monotonic() > self._stop_deadline:
-                        raise BatchAbandoned("shutdown while the batch could not finish")
-        finally:
-            consumer.resume(*[tp for tp in consumer.assignment()])
+        """Back off before a retry. Abandon on shutdown past the grace period, or when a partition of the batch
+        was revoked."""
+        # No poll() here (it would hand out more records): kafka-python 3 heartbeats from a background thread,
+        # so the member stays in the group for max_poll_interval_ms; past that it is dropped, the commit fails
+        # and the batch is replayed by whoever owns the partitions.
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            if self._lost_partitions(records):
+                raise BatchAbandoned("partitions were revoked while retrying")
+            if self.stop.is_set():
+                if self._stop_deadline is None:
+                    self._stop_deadline = time.monotonic() + self.shutdown_grace_s
+                elif time.monotonic() > self._stop_deadline:
+                    raise BatchAbandoned("shutdown while the batch could not finish")
 
     _stop_deadline: float | None = None
 
@@ -359,3 +422,12 @@ class _Invalid(Exception):
 def _model(resp) -> dict[str, str]:
     m = resp.model
     return {"name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider}
+
+
+def _event_time(value: bytes | None) -> float | None:
+    """published_at of a raw news value, for alignment only (None when it does not parse; validation decides)."""
+    try:
+        data = json.loads(value)
+        return datetime.fromisoformat(str(data["published_at"]).replace("Z", "+00:00")).timestamp()
+    except Exception:  # noqa: BLE001
+        return None
