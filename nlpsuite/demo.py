@@ -33,8 +33,9 @@ MODELS = ("sentiment", "intent", "embedder")  # pipeline.defaults.DEFAULT_NAMES 
 SERVICES = {"sentiment": "nlpsuite.v1.SentimentService", "chat": "nlpsuite.v1.ChatService",
             "recommend": "nlpsuite.v1.RecommendService"}
 DEFAULT_PORTS = {"sentiment": 50051, "chat": 50052, "recommend": 50053}
-# A replay compresses 4 hours of event time into seconds; the lateness covers skew between news partitions.
-REPLAY_LATENESS_S = 7200
+# A replay compresses 4 hours of event time into seconds, so the event-time skew between news partitions is
+# large: the monitor tests' settings (tests/monitor_support.monitor_settings) cover it.
+REPLAY_ENV = {"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S": "7200", "NLPSUITE_MONITOR_ALIGN_S": "600"}
 
 CHAT_MESSAGES = ["I lost my card yesterday", "What time do your branches open on Saturday?",
                  "I want to talk to a real person"]
@@ -74,9 +75,11 @@ class Children:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Run `argv` with `env` as its only NLPSUITE_* settings (the caller's would change ports or topics)."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("NLPSUITE_")}
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=os.environ | env, preexec_fn=_set_pdeathsig)
+                                    env=inherited | env, preexec_fn=_set_pdeathsig)
         self.procs[name] = proc
         return proc
 
@@ -266,7 +269,7 @@ def _shown(path: Path) -> str:
 
 def keep_running_help(repository: Path) -> str:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in serve_env(repository).items())
-    stream_env = f"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S={REPLAY_LATENESS_S}"
+    stream_env = " ".join(f"{k}={v}" for k, v in REPLAY_ENV.items())
     stream = shlex.join(["nlpsuite", *stream_args("127.0.0.1:9092", "127.0.0.1:50051")])
     return "\n".join([
         "To keep it running: `nlpsuite demo --keep-running` (stops on Ctrl-C), or start each part in its own",
@@ -307,7 +310,7 @@ def run_demo(repository: Path, alert_timeout_s: float = 120.0, serve_timeout_s: 
         say(t0, "services: all SERVING")
 
         children.start("stream", [*cli, *stream_args(broker.bootstrap, targets["sentiment"])],
-                       {"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S": str(REPLAY_LATENESS_S)})
+                       REPLAY_ENV)
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="nlpsuite-demo").local()
         sent = replay(EXAMPLES / "news.jsonl", topics.news, kafka)
         say(t0, f"monitor: started; replayed {sent} news items into `{topics.news}`; waiting for alerts "

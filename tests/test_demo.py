@@ -93,7 +93,7 @@ def repository(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_demo_end_to_end(repository, tmp_path):
-    marker = f"NLPSUITE_DEMO_TEST={uuid.uuid4().hex}"
+    marker = f"DEMO_TEST_{uuid.uuid4().hex}=1"
     key, value = marker.split("=")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "nlpsuite.cli", "demo", "--repository", str(repository)],
