@@ -32,7 +32,6 @@ EXAMPLES = Path(examples.__file__).parent
 MODELS = ("sentiment", "intent", "embedder")  # pipeline.defaults.DEFAULT_NAMES (importing it loads torch)
 SERVICES = {"sentiment": "nlpsuite.v1.SentimentService", "chat": "nlpsuite.v1.ChatService",
             "recommend": "nlpsuite.v1.RecommendService"}
-DEFAULT_PORTS = {"sentiment": 50051, "chat": 50052, "recommend": 50053}
 # A replay compresses 4 hours of event time into seconds, so the event-time skew between news partitions is
 # large: the monitor tests' settings (tests/monitor_support.monitor_settings) cover it.
 REPLAY_ENV = {"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S": "7200", "NLPSUITE_MONITOR_ALIGN_S": "600"}
@@ -47,8 +46,6 @@ HEADLINES = ["Norvale Mining shares jump after record copper output",
 # each of these companies, from the example news.
 READER = {"CRVN": 5.0, "NVM": 1.0}
 CANDIDATE_TICKERS = ("CRVN", "NVM", "HLDP", "QLNB", "ALTV")
-
-SOURCE = {0: "unspecified", 1: "intent", 2: "faq", 3: "handoff"}
 
 
 class DemoError(RuntimeError):
@@ -206,13 +203,15 @@ def print_alert(a: dict) -> None:
 
 def call_chat(target: str) -> None:
     from nlpsuite.services.chat.client import ChatClient
+    from nlpsuite.v1.chat_pb2 import AnswerSource
 
     with ChatClient(target) as client:
         for i, message in enumerate(CHAT_MESSAGES):
             r = client.reply(f"demo-{i}", message)
-            handoff = f"yes ({r.handoff_reason})" if r.handoff else "no"
+            source = AnswerSource.Name(r.source).removeprefix("ANSWER_SOURCE_").lower()
             faq = f" {r.faq_id} (similarity {r.faq_similarity:.2f})" if r.faq_id else ""
-            print(f"  > {message}\n    intent {r.intent} ({r.confidence:.2f}), source {SOURCE.get(r.source)}{faq}, "
+            handoff = f"yes ({r.handoff_reason})" if r.handoff else "no"
+            print(f"  > {message}\n    intent {r.intent} ({r.confidence:.2f}), source {source}{faq}, "
                   f"handoff {handoff}\n    answer: {r.answer}")
 
 
@@ -271,13 +270,14 @@ def keep_running_help(repository: Path) -> str:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in serve_env(repository).items())
     stream_env = " ".join(f"{k}={v}" for k, v in REPLAY_ENV.items())
     stream = shlex.join(["nlpsuite", *stream_args("127.0.0.1:9092", "127.0.0.1:50051")])
+    news = _shown(EXAMPLES / "news.jsonl")
     return "\n".join([
         "To keep it running: `nlpsuite demo --keep-running` (stops on Ctrl-C), or start each part in its own",
         "terminal (default ports; the broker keeps data in memory only):",
         "  nlpsuite broker --port 9092",
         f"  {env} nlpsuite serve all    # sentiment :50051, chat :50052, recommend :50053",
         f"  {stream_env} {stream}",
-        f"  nlpsuite produce --local-broker --bootstrap-servers 127.0.0.1:9092 --file {_shown(EXAMPLES / 'news.jsonl')}",
+        f"  nlpsuite produce --local-broker --bootstrap-servers 127.0.0.1:9092 --file {news}",
         "  # alerts: the `alerts` topic; clients: nlpsuite.services.{chat,sentiment,recommend}.client",
     ])
 
