@@ -1,8 +1,8 @@
 """`nlpsuite demo` end to end (slow), and its process handling and example inputs (fast).
 
-The slow test runs the real demo in a subprocess against a model repository. NLPSUITE_TEST_MODELS may name a
-prebuilt repository: its models are linked into a temporary one and the demo builds only what is missing
-(all three defaults from the shipped examples when it is unset: minutes on 2 cores).
+The slow test runs the real demo in a subprocess against a temporary model repository linking the models
+this session already has (`sentiment_repository`: NLPSUITE_TEST_MODELS, or the sentiment model built for the
+monitor tests); the demo builds the missing defaults from the shipped examples (minutes on 2 cores).
 """
 from __future__ import annotations
 
@@ -80,13 +80,13 @@ def test_keep_running_help_names_the_commands_and_env():
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> Path:
+def repository(sentiment_repository, tmp_path_factory) -> Path:
+    """A fresh repository linking the models already built this session (the monitor tests' sentiment, or
+    all of NLPSUITE_TEST_MODELS); the demo builds the rest."""
     repo = tmp_path_factory.mktemp("demo-models")
-    prebuilt = os.environ.get("NLPSUITE_TEST_MODELS")
-    if prebuilt:
-        for name in MODELS:
-            if (Path(prebuilt) / name).is_dir():
-                (repo / name).symlink_to(Path(prebuilt).resolve() / name)
+    for name in MODELS:
+        if (sentiment_repository / name).is_dir():
+            (repo / name).symlink_to((sentiment_repository / name).resolve())
     return repo
 
 
