@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="news/s in the latency phase")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--batch-max", type=int, default=256, help="most news per poll and sentiment call")
+    ap.add_argument("--align-s", type=float, default=3600.0,
+                    help="event-time alignment between news partitions (the replay compresses time ~2000x)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="stream-bench-"))
@@ -100,7 +102,8 @@ def main() -> int:
             # Phase 1: drain a preloaded backlog.
             topics = unique_topics("bench-tp")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max)
+            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
+                                        align_s=args.align_s)
             replay(stream, topics.news, settings.kafka)
             cpu0, sent_cpu0 = time.process_time(), sentiment_cpu(sentiment)
             monitor = Monitor(settings).start()
@@ -119,7 +122,8 @@ def main() -> int:
             # Phase 2: produce at a fixed rate into a running, caught-up monitor.
             topics = unique_topics("bench-lat")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max)
+            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
+                                        align_s=args.align_s)
             monitor = Monitor(settings).start()
             sent_at: dict[str, float] = {}
             try:
