@@ -207,6 +207,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nlpsuite.demo import run_demo
+
+    return run_demo(args.repository, alert_timeout_s=args.alert_timeout, keep_running=args.keep_running)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlpsuite", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -278,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML configuration (default: $NLPSUITE_CONFIG); "
                                                "NLPSUITE_* environment variables override it")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="build missing default models, start broker, services and monitor, replay the "
+                                    "example news, call every service, stop everything")
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default: models)")
+    p.add_argument("--alert-timeout", type=float, default=120.0, help="seconds to wait for the surge alert")
+    p.add_argument("--keep-running", action="store_true", help="leave everything running until Ctrl-C")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

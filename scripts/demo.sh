@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up, then build the default models (sentiment, intent, embedder) from the shipped
-# example data into ./models. Pass --data-dir DIR to train on the public data sets instead.
+# The README's first command: set up .venv, then `nlpsuite demo`: build the default models missing from
+# ./models (from the shipped example data), start the local broker, every service and the news monitor,
+# replay the example news until the planted surge raises its alert, call each service with example inputs,
+# print the results and stop everything. Extra arguments go to `nlpsuite demo` (e.g. --keep-running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-nlpsuite build-defaults --repository models "$@"
-echo
-echo "Models are in ./models. Score one with, e.g.:"
-echo "  .venv/bin/nlpsuite evaluate --model models/sentiment --data \$(python -c 'import nlpsuite.examples as e, os; print(os.path.dirname(e.__file__))')/sentiment.csv"
+exec nlpsuite demo --repository models "$@"
