@@ -7,6 +7,7 @@ So we try the preferred providers in order, quietly, and believe only what the c
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -62,9 +63,23 @@ def expected_provider(provider: ProviderChoice = "auto") -> str:
     return _NAMES[order[-1]]
 
 
+@functools.cache
 def probe_provider(choice: str) -> bool:
+    """Whether `choice` really runs here; decided once per process, without ORT's error log on failure."""
+    if choice == "cpu":
+        return True
     if _NAMES[choice] not in ort.get_available_providers():
         return False
+    # A GPU provider whose CUDA libraries are missing makes ORT's default logger print errors at load time;
+    # an expected outcome on a CPU machine, so silence it for the probe (ORT's default severity is 2).
+    ort.set_default_logger_severity(4)
+    try:
+        return _probe(choice)
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def _probe(choice: str) -> bool:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -95,6 +110,9 @@ def create_session(
         name = _NAMES[choice]
         if name not in ort.get_available_providers():
             errors.append(f"{name}: not in this onnxruntime build")
+            continue
+        if provider == "auto" and not probe_provider(choice):
+            errors.append(f"{name}: not usable on this machine")
             continue
         try:
             session = _quiet_session(str(path), options, name)
