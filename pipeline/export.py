@@ -1,11 +1,9 @@
-"""Export a fine-tuned PyTorch model to ONNX and derive the serving variants (fp32, fp16, int8)."""
+"""Export a fine-tuned PyTorch model to ONNX, fuse it, and derive the fp16 variant (int8: pipeline/quantize.py)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
 
-import numpy as np
 import onnx
 
 from nlpsuite.shared.onnx_io import pin_ir_version
@@ -106,44 +104,5 @@ def to_fp16(fused_path: Path, out_path: Path) -> Path:
     model = OnnxModel(onnx.load(str(fused_path)))
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(out_path))
-    pin_ir_version(out_path)
-    return out_path
-
-
-class _Calibration:
-    """Feeds calibration batches to ORT's static quantizer (CalibrationDataReader protocol)."""
-
-    def __init__(self, batches: Sequence[dict[str, np.ndarray]]) -> None:
-        self._iter = iter(batches)
-
-    def get_next(self):
-        return next(self._iter, None)
-
-    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some methods
-        pass
-
-
-def to_int8_static(
-    fused_path: Path, out_path: Path, calibration: Iterable[dict[str, np.ndarray]]
-) -> Path:
-    """Static (calibrated) INT8: per-channel int8 weights, uint8 activations with fixed scales.
-
-    Activation scales are constants learned from calibration data, so a text's result does not depend
-    on the other texts in its batch (dynamic quantization scales activations per batch and does).
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    quantize_static(
-        str(fused_path),
-        str(out_path),
-        calibration_data_reader=_Calibration(list(calibration)),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
     pin_ir_version(out_path)
     return out_path
