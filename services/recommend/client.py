@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import grpc
-
+from nlpsuite.shared.client import ServiceClient
 from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
 
 CandidateLike = recommend_pb2.Candidate | tuple[str, str] | tuple[str, str, Mapping[str, float]]
@@ -22,12 +21,8 @@ def _candidate(c: CandidateLike) -> recommend_pb2.Candidate:
     return recommend_pb2.Candidate(id=c[0], text=c[1], features=dict(features))
 
 
-class RecommendClient:
-    def __init__(self, target: str, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
-        self._own = channel is None
-        self.channel = channel or grpc.insecure_channel(target)
-        self.stub = recommend_pb2_grpc.RecommendServiceStub(self.channel)
-        self.timeout = timeout
+class RecommendClient(ServiceClient):
+    stub_class = recommend_pb2_grpc.RecommendServiceStub
 
     @staticmethod
     def user(history: Iterable[str | tuple[str, float | None]] = (), profile: str = "", user_id: str = ""
@@ -49,12 +44,3 @@ class RecommendClient:
         request = recommend_pb2.RankRequest(user=user, candidates=[_candidate(c) for c in candidates], k=k)
         return self.stub.Rank(request, timeout=timeout or self.timeout)
 
-    def close(self) -> None:
-        if self._own:
-            self.channel.close()
-
-    def __enter__(self) -> RecommendClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -5,15 +5,12 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
+from nlpsuite.shared.client import ServiceClient
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 
-class SentimentClient:
-    def __init__(self, target: str, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
-        self._own = channel is None
-        self.channel = channel or grpc.insecure_channel(target)
-        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
-        self.timeout = timeout
+class SentimentClient(ServiceClient):
+    stub_class = sentiment_pb2_grpc.SentimentServiceStub
 
     def analyze(self, texts: list[str], timeout: float | None = None) -> sentiment_pb2.AnalyzeResponse:
         return self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=timeout or self.timeout)
@@ -24,15 +21,6 @@ class SentimentClient:
         requests = (sentiment_pb2.AnalyzeStreamRequest(request_id=rid, text=text) for rid, text in items)
         return self.stub.AnalyzeStream(requests, timeout=timeout)
 
-    def close(self) -> None:
-        if self._own:
-            self.channel.close()
-
-    def __enter__(self) -> SentimentClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class AsyncSentimentClient:
