@@ -18,11 +18,12 @@ import logging
 import threading
 import time
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, confirm, next_offsets, sleep_until
+from .delivery import Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, sleep_until
 from .metrics import MonitorMetrics
 from .schema import Alert, ScoredItem
 from .windows import Event, SurgeDetector
@@ -30,6 +31,10 @@ from .windows import Event, SurgeDetector
 log = logging.getLogger(__name__)
 
 NEGATIVE = "negative"
+
+
+class RebuildTimeout(RuntimeError):
+    pass
 
 
 class Aggregator:
@@ -45,7 +50,7 @@ class Aggregator:
         self.listener = Listener(on_assigned=self._assigned, on_revoked=self._revoked)
         self.pending_rebuild: set[TopicPartition] = set()
         self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.publisher: Publisher | None = None
         self.published: list[Alert] = []  # this process's publications (tests and the benchmark read it)
 
     @property
@@ -56,12 +61,13 @@ class Aggregator:
         k = self.s.kafka
         self.consumer = KafkaConsumer(**k.consumer(self.group_id, max_poll_records=self.s.batch_max))
         self.consumer.subscribe([self.s.topics.scored], listener=self.listener)
-        self.producer = KafkaProducer(**k.producer())
+        self.publisher = Publisher(k.producer(),
+                                   on_replace=lambda: self.metrics.producer_replacements.labels("alert").inc())
         self._check_partitions()
 
     def _check_partitions(self) -> None:
         scored = self.consumer.partitions_for_topic(self.s.topics.scored) or set()
-        alerts = self.producer.partitions_for(self.s.topics.alerts) or set()
+        alerts = self.publisher.partitions_for(self.s.topics.alerts) or set()
         if len(alerts) < len(scored):
             raise RuntimeError(f"topic {self.s.topics.alerts} needs at least as many partitions as "
                                f"{self.s.topics.scored} ({len(alerts)} < {len(scored)})")
@@ -69,8 +75,8 @@ class Aggregator:
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
-        if self.producer is not None:
-            self.producer.close(timeout=10)
+        if self.publisher is not None:
+            self.publisher.close(timeout_s=10)
 
     # -- rebalance -------------------------------------------------------------------------------------
     def _assigned(self, assigned: set[TopicPartition]) -> None:
@@ -109,7 +115,7 @@ class Aggregator:
             n = 0
             while len(done) < len(stop_at):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"rebuilding window state timed out for {sorted(stop_at)}")
+                    raise RebuildTimeout(f"rebuilding window state timed out for {sorted(stop_at)}")
                 batch = reader.poll(timeout_ms=200)
                 for tp, recs in batch.items():
                     if tp in done:
@@ -170,6 +176,7 @@ class Aggregator:
         return None
 
     def run(self) -> None:
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
         while not self.stop.is_set():
             records = self.consumer.poll(timeout_ms=self.s.poll_timeout_ms)
             self.listener.take_revoked()
@@ -178,7 +185,19 @@ class Aggregator:
                 owned = self.consumer.assignment()
                 tps = {tp for tp in tps if tp in owned}
                 if tps:
-                    self.rebuild(tps)
+                    try:
+                        self.rebuild(tps)
+                        backoff.reset()
+                    except (KafkaError, RebuildTimeout) as exc:
+                        # A broker fault while re-reading the log: no record of these partitions may be
+                        # evaluated without their state, so put them back and try again.
+                        log.warning("rebuilding %s failed (%r); retrying", sorted(map(str, tps)), exc)
+                        self.pending_rebuild |= tps
+                        for tp, offset in first_offsets(records).items():
+                            if tp in tps:
+                                self.consumer.seek(tp, offset)
+                        records = {tp: recs for tp, recs in records.items() if tp not in tps}
+                        sleep_until(time.monotonic() + backoff.next(), self.stop)
             self.metrics.update_lag(self.consumer)
             if records:
                 self.process(records)
@@ -197,18 +216,14 @@ class Aggregator:
                     alerts.append((tp.partition, alert, published_ms))
         while True:
             try:
-                futures = [self.producer.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(),
-                                              partition=p) for p, a, _ in alerts]
-                confirm(self.producer, futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+                futures = [self.publisher.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(),
+                                               partition=p) for p, a, _ in alerts]
+                self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
                 break
             except PublishFailed as exc:
                 self.metrics.publish_failures.labels("alert").inc()
                 log.warning("publishing alerts failed (%s); replacing the producer and retrying", exc)
-                old, self.producer = self.producer, KafkaProducer(**self.s.kafka.producer())
-                try:
-                    old.close(timeout=1)
-                except Exception:  # noqa: BLE001
-                    pass
+                self.publisher.replace()
                 sleep_until(time.monotonic() + backoff.next(), self.stop)
                 if self.stop.is_set():
                     return False  # nothing committed: replayed (same ids) after restart

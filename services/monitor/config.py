@@ -6,6 +6,7 @@ session timeouts under 6000 ms by default).
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,6 +143,9 @@ class MonitorSettings(BaseSettings):
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024
     max_headline_chars: int = 1000
+    max_future_s: float = 86400.0  # published_at more than this after the record's timestamp is dead-lettered
+    earliest_published_at: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)  # before it: dead-lettered
+    dedupe_ids: int = 100_000  # per news partition: ids remembered to dead-letter a reused id with new content
     watchlist: Path | None = None  # optional: maps message tickers to canonical company names
     windows: WindowSettings = Field(default_factory=WindowSettings)
     entity_rule: SurgeRule = Field(default_factory=SurgeRule)

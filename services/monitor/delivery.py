@@ -6,6 +6,8 @@ import threading
 import time
 
 from kafka import ConsumerRebalanceListener, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -19,12 +21,70 @@ def confirm(producer: KafkaProducer, futures: list, timeout_s: float) -> None:
     """Flush and check that every send was acknowledged; raise PublishFailed otherwise."""
     if not futures:
         return
-    producer.flush(timeout=timeout_s)
+    try:
+        producer.flush(timeout=timeout_s)
+    except KafkaError as exc:  # KafkaTimeoutError: not everything was acknowledged in time
+        raise PublishFailed(f"flush failed: {exc!r}") from None
     for fut in futures:
         if not fut.is_done:
             raise PublishFailed("a send was not acknowledged in time")
         if fut.failed():
             raise PublishFailed(f"a send failed: {fut.exception!r}")
+
+
+def broken(producer: KafkaProducer) -> bool:
+    """True when the producer is in kafka-python's fatal state: after some broker faults (e.g. a broker that
+    lost its producer-id state) the idempotent producer fails every later send until it is replaced."""
+    manager = getattr(producer, "_transaction_manager", None)  # private; absent when idempotence is off
+    return bool(manager is not None and manager.has_fatal_error())
+
+
+class Publisher:
+    """Owns the KafkaProducer of a stage and replaces it after a failure.
+
+    Every failure surfaces in `confirm()` as PublishFailed (a send that raised, failed, or was not acknowledged
+    in time); the caller then calls `replace()` and sends the whole batch again. The records are keyed and
+    their content is derived from the input, so a resend can only duplicate, never lose or change, output."""
+
+    def __init__(self, config: dict, on_replace=None):
+        self.config = config
+        self.on_replace = on_replace
+        self.producer = KafkaProducer(**config)
+        self.replacements = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None):
+        if broken(self.producer):
+            return Future().failure(PublishFailed("the producer is in a fatal error state"))
+        try:
+            return self.producer.send(topic, key=key, value=value, partition=partition)
+        except KafkaError as exc:  # e.g. no metadata within max_block_ms while the broker is unreachable
+            return Future().failure(exc)
+
+    def confirm(self, futures: list, timeout_s: float) -> None:
+        confirm(self.producer, futures, timeout_s)
+
+    def replace(self) -> None:
+        """A fresh producer (new producer id, fresh connections); the old one is closed without waiting, which
+        aborts what it still holds (the caller resends it)."""
+        old = self.producer
+        self.producer = KafkaProducer(**self.config)
+        self.replacements += 1
+        if self.on_replace is not None:
+            self.on_replace()
+        try:
+            old.close(timeout=0)
+        except Exception:  # noqa: BLE001 - the old producer is dropped either way
+            # kafka-python's close() flushes first and raises when records are still pending (broker down),
+            # leaving the sender thread alive and retrying; stop it so replaced producers do not pile up.
+            sender = getattr(old, "_sender", None)
+            if sender is not None and sender.is_alive():
+                sender.force_close()
+
+    def partitions_for(self, topic: str):
+        return self.producer.partitions_for(topic)
+
+    def close(self, timeout_s: float = 10) -> None:
+        self.producer.close(timeout=timeout_s)
 
 
 def next_offsets(records: dict) -> dict[TopicPartition, OffsetAndMetadata]:

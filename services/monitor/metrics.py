@@ -22,6 +22,8 @@ class MonitorMetrics:
                                         "failed sentiment calls (retried)", ["code"], registry=r)
         self.publish_failures = Counter("nlpsuite_monitor_publish_failures_total",
                                         "batches whose produce failed (replayed)", ["stage"], registry=r)
+        self.producer_replacements = Counter("nlpsuite_monitor_producer_replacements_total",
+                                             "producers replaced after a failed publish", ["stage"], registry=r)
         self.webhook_failures = Counter("nlpsuite_monitor_webhook_failures_total",
                                         "webhook posts given up after retries", registry=r)
         self.lag = Gauge("nlpsuite_monitor_consumer_lag", "high-water mark minus position",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -47,21 +48,35 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def parse_news(raw: bytes | None, *, max_bytes: int, max_headline_chars: int) -> NewsItem:
-    """Validate one raw `news` value; raise Rejected with a short machine-readable reason."""
+EARLIEST_PUBLISHED_AT = datetime(1990, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_news(raw: bytes | None, *, max_bytes: int, max_headline_chars: int, received_ms: int | None = None,
+               max_future_s: float = 86400.0, earliest: datetime = EARLIEST_PUBLISHED_AT) -> NewsItem:
+    """Validate one raw `news` value; raise Rejected with a short machine-readable reason.
+
+    `published_at` must lie between `earliest` and `max_future_s` after `received_ms` (the record's Kafka
+    timestamp, so a replay of the topic decides the same way; wall clock when it has none)."""
     if raw is None:
         raise Rejected("empty", "tombstone or null value")
     if len(raw) > max_bytes:
         raise Rejected("oversize", f"{len(raw)} bytes > {max_bytes}")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("not_utf8", str(exc)[:200]) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise Rejected("not_json", str(exc)[:200]) from None
+    except RecursionError:
+        raise Rejected("not_json", "nested too deeply") from None
     if not isinstance(data, dict):
         raise Rejected("not_object", type(data).__name__)
-    headline = data.get("headline")
-    if headline is None or (isinstance(headline, str) and not headline.strip()):
-        raise Rejected("missing_headline")
+    for name in ("id", "headline"):
+        value = data.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise Rejected(f"missing_{name}")
     try:
         item = NewsItem.model_validate(data)
     except ValidationError as exc:
@@ -69,8 +84,14 @@ def parse_news(raw: bytes | None, *, max_bytes: int, max_headline_chars: int) ->
         reason = "bad_timestamp" if "published_at" in fields else "invalid"
         raise Rejected(reason, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                          for e in exc.errors())[:500]) from None
+    except OverflowError as exc:  # a time zone offset pushed the date past year 1..9999 (raised by astimezone)
+        raise Rejected("bad_timestamp", str(exc)[:200]) from None
     if len(item.headline) > max_headline_chars:
         raise Rejected("oversize", f"headline of {len(item.headline)} chars > {max_headline_chars}")
+    now_s = received_ms / 1000 if received_ms and received_ms > 0 else time.time()
+    if item.published_at < earliest or item.event_time > now_s + max_future_s:
+        raise Rejected("bad_timestamp", f"published_at {item.published_at.isoformat()} is before "
+                                        f"{earliest.date()} or more than {max_future_s:g}s after the record")
     return item
 
 

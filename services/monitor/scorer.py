@@ -11,23 +11,24 @@ partitions are paused meanwhile so the consumer stays in its group) and nothing 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import grpc
 import yaml
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, confirm, first_offsets, next_offsets
+from .delivery import Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets
 from .metrics import MonitorMetrics
 from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
 
@@ -79,7 +80,8 @@ class Scorer:
         self.listener = Listener(on_revoked=self._forget)
         self.next_time: dict = {}  # partition -> event time (or a lower bound) of its next record
         self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.publisher: Publisher | None = None
+        self.seen_ids: OrderedDict[str, str] = OrderedDict()  # news id -> digest of its content (LRU)
         # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
         options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
                    ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
@@ -92,13 +94,14 @@ class Scorer:
         k = self.s.kafka
         self.consumer = KafkaConsumer(**k.consumer(self.s.group_id, max_poll_records=self.s.batch_max))
         self.consumer.subscribe([self.s.topics.news], listener=self.listener)
-        self.producer = KafkaProducer(**k.producer())
+        self.publisher = Publisher(k.producer(),
+                                   on_replace=lambda: self.metrics.producer_replacements.labels("score").inc())
 
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()  # leaves the group
-        if self.producer is not None:
-            self.producer.close(timeout=10)
+        if self.publisher is not None:
+            self.publisher.close(timeout_s=10)
         self.channel.close()
 
     def run(self) -> None:
@@ -106,32 +109,50 @@ class Scorer:
         works while this thread publishes and commits), and finish batches strictly in poll order."""
         assert self.consumer is not None
         inflight: deque[_Batch] = deque()
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
         while not self.stop.is_set():
-            if len(inflight) < self.s.max_inflight:
-                timeout = 5 if inflight else self.s.poll_timeout_ms
-                records = self.consumer.poll(timeout_ms=timeout)
-                if self.listener.take_revoked() and inflight:
-                    # A rebalance while batches are in flight: drop them and what this poll returned, and
-                    # seek every partition still owned back to the earliest of those records.
-                    if records:
-                        inflight.append(_Batch(records=records))
-                    self._abandon(inflight, "partitions were revoked while batches were in flight")
-                    continue
-                self.metrics.update_lag(self.consumer)
-                records = self._align(records)
-                if records:
-                    inflight.append(self._start(records))
-            while inflight and (inflight[0].ready() or len(inflight) >= self.s.max_inflight):
-                batch = inflight.popleft()
-                if not self._finish(batch):
-                    inflight.appendleft(batch)
-                    self._abandon(inflight, "a batch could not finish")
+            try:
+                self._step(inflight)
+                backoff.reset()
+            except KafkaError as exc:
+                # A broker fault surfaced outside the publish/commit paths (which handle their own): drop what
+                # is in flight (replayed from its first offset), back off, go on. The process never needs a
+                # restart for a broker fault.
+                log.warning("kafka error in the scoring loop (%r); retrying", exc)
+                self._abandon(inflight, "kafka error")  # seeks only: no broker call
+                self.stop.wait(backoff.next())
         # Graceful stop: finish what is in hand (in order), commit, then close() leaves the group.
         while inflight:
             batch = inflight.popleft()
             if not self._finish(batch):
                 inflight.appendleft(batch)
                 self._abandon(inflight, "shutdown")
+
+    def _step(self, inflight: "deque[_Batch]") -> None:
+        if len(inflight) < self.s.max_inflight:
+            timeout = 5 if inflight else self.s.poll_timeout_ms
+            records = self.consumer.poll(timeout_ms=timeout)
+            if self.listener.take_revoked() and inflight:
+                # A rebalance while batches are in flight: drop them and what this poll returned, and
+                # seek every partition still owned back to the earliest of those records.
+                if records:
+                    inflight.append(_Batch(records=records))
+                self._abandon(inflight, "partitions were revoked while batches were in flight")
+                return
+            try:
+                self.metrics.update_lag(self.consumer)
+                kept = self._align(records)
+                if kept:
+                    inflight.append(self._start(kept))
+            except KafkaError:
+                if records:
+                    inflight.append(_Batch(records=records))  # so the caller's rewind covers them
+                raise
+        while inflight and (inflight[0].ready() or len(inflight) >= self.s.max_inflight):
+            batch = inflight.popleft()
+            if not self._finish(batch):
+                inflight.appendleft(batch)
+                self._abandon(inflight, "a batch could not finish")
 
     def _forget(self, revoked) -> None:
         for tp in revoked:
@@ -211,8 +232,7 @@ class Scorer:
             self.metrics.consumed.labels(tp.topic).inc(len(recs))
             for rec in recs:
                 try:
-                    batch.valid.append(_Valid(rec, parse_news(rec.value, max_bytes=self.s.max_message_bytes,
-                                                              max_headline_chars=self.s.max_headline_chars)))
+                    batch.valid.append(_Valid(rec, self._validate(rec)))
                 except Rejected as exc:
                     batch.rejected.append((rec, exc.reason, exc.detail))
                     batch.futures.append(self._dead_letter(rec, exc.reason, exc.detail))
@@ -222,6 +242,33 @@ class Scorer:
             batch.call = self.stub.Analyze.future(sentiment_pb2.AnalyzeRequest(texts=batch.texts),
                                                   timeout=self.s.sentiment_timeout_s)
         return batch
+
+    def _validate(self, rec) -> NewsItem:
+        """Parse one record, or raise Rejected. Nothing a message holds may stop the stream: an unexpected
+        error while parsing dead-letters the message too."""
+        try:
+            item = parse_news(rec.value, max_bytes=self.s.max_message_bytes,
+                              max_headline_chars=self.s.max_headline_chars, received_ms=rec.timestamp,
+                              max_future_s=self.s.max_future_s, earliest=self.s.earliest_published_at)
+        except Rejected:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("unexpected error validating %s-%d@%d", rec.topic, rec.partition, rec.offset)
+            raise Rejected("unreadable", f"{type(exc).__name__}: {exc}"[:500]) from None
+        self._check_id(item)
+        return item
+
+    def _check_id(self, item: NewsItem) -> None:
+        """Dead-letter an id seen before with different content (the first content wins). A redelivery or a
+        producer retry repeats the same content and passes. Remembered per instance, last `dedupe_ids` ids."""
+        digest = hashlib.sha256(item.model_dump_json().encode()).hexdigest()
+        seen = self.seen_ids.get(item.id)
+        if seen is not None and seen != digest:
+            raise Rejected("duplicate_id", f"id {item.id!r} was already used with different content")
+        self.seen_ids[item.id] = digest
+        self.seen_ids.move_to_end(item.id)
+        while len(self.seen_ids) > self.s.dedupe_ids:
+            self.seen_ids.popitem(last=False)
 
     def _finish(self, batch: "_Batch") -> bool:
         """Wait for the batch's scores (retrying with backoff), publish, confirm, commit. False: the batch was
@@ -236,7 +283,7 @@ class Scorer:
                 except PublishFailed as exc:
                     self.metrics.publish_failures.labels("score").inc()
                     log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
-                    self._replace_producer()
+                    self.publisher.replace()
                     self._wait(backoff.next(), batch.records)
                     batch.futures = [self._dead_letter(r, reason, detail, count=False)
                                      for r, reason, detail in batch.rejected]
@@ -276,10 +323,10 @@ class Scorer:
             if res is None:
                 continue  # rejected by the service: dead-lettered in _analyze
             for out in self._scored(v, res, model, elapsed, now_ms):
-                futures.append(self.producer.send(topic.scored, key=out.key.encode(),
-                                                  value=out.model_dump_json().encode()))
+                futures.append(self.publisher.send(topic.scored, key=out.key.encode(),
+                                                   value=out.model_dump_json().encode()))
             scored_ts.append(v.record.timestamp)
-        confirm(self.producer, futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
         acked = time.time()
         if self._lost_partitions(records):
             raise BatchAbandoned("partitions were revoked before the commit")
@@ -296,7 +343,7 @@ class Scorer:
         if count:
             self.metrics.dead_lettered.labels(reason).inc()
         letter = DeadLetter.of(rec, reason, detail)
-        return self.producer.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
+        return self.publisher.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
 
     def _text(self, item: NewsItem) -> str:
         if self.s.sentiment_text == "headline_body" and item.body:
@@ -381,14 +428,6 @@ class Scorer:
         revoked = self.listener.revoked
         assignment = self.consumer.assignment()
         return any(tp in revoked or tp not in assignment for tp in records)
-
-    def _replace_producer(self) -> None:
-        old = self.producer
-        self.producer = KafkaProducer(**self.s.kafka.producer())
-        try:
-            old.close(timeout=1)
-        except Exception:  # noqa: BLE001
-            pass
 
     def _scored(self, v: _Valid, res, model: dict, elapsed: float, now_ms: int) -> list[ScoredItem]:
         entities: dict[str, Entity] = {}
