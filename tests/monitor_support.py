@@ -52,6 +52,13 @@ class SentimentProcess:
             time.sleep(0.2)
         raise RuntimeError("sentiment server did not become ready")
 
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye; in-flight calls fail with UNAVAILABLE."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

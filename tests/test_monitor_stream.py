@@ -113,26 +113,68 @@ def test_replay_yields_one_alert_for_the_planted_company_and_scores_every_id(sin
     assert monitor.metrics.scored._value.get() == len(IDS)
 
 
-def test_malformed_messages_go_to_the_dlq_and_every_valid_one_is_scored(broker, sentiment, tmp_path):
+def poison_messages(valid: list[dict]) -> list[tuple[bytes | None, bytes | None, str]]:
+    """(key, value, reason) of every kind of bad input, built from valid items so only the flaw differs."""
+    def item(i, **changes):
+        return valid[i] | {"id": f"bad-{i}"} | changes
+
+    def enc(d):
+        return json.dumps(d).encode()
+
+    def without(i, field):
+        return enc({k: v for k, v in item(i).items() if k != field})
+
+    return [
+        (b"bad-0", b"this is not json", "not_json"),
+        (b"bad-1", b"[" * 30_000 + b"]" * 30_000, "not_json"),  # deeper than the parser's recursion limit
+        (b"bad-2", b'["a list"]', "not_object"),
+        (b"bad-3", b"42", "not_object"),
+        (None, without(4, "id"), "missing_id"),  # also: a null key
+        (b"bad-5", without(5, "headline"), "missing_headline"),
+        (b"bad-6", enc(item(6, headline="   ")), "missing_headline"),
+        (b"bad-7", enc(item(7, id=7)), "invalid"),  # wrong types
+        (b"bad-8", enc(item(8, tickers="MWCH")), "invalid"),
+        (b"bad-9", enc(item(9, headline={"text": "x"})), "invalid"),
+        (b"bad-10", enc(item(10, body="x" * 70_000)), "oversize"),  # beyond max_message_bytes
+        (b"bad-11", enc(item(11, headline="Marrowind " * 200)), "oversize"),  # beyond max_headline_chars
+        (b"bad-12", enc(item(12)).replace(b'"headline": "', b'"headline": "\xff\xfe'), "not_utf8"),
+        (b"bad-13", enc(item(13)).replace(b'"headline": "', b'"headline": "\\ud800'), "invalid"),  # lone surrogate
+        (b"bad-14", None, "empty"),  # a tombstone
+        (b"bad-15", enc(item(15, published_at="last tuesday")), "bad_timestamp"),
+        (b"bad-16", enc(item(16, published_at="2026-03-02T11:30:12")), "bad_timestamp"),  # no time zone
+        (b"bad-17", enc(item(17, published_at="0001-01-01T00:00:00+01:00")), "bad_timestamp"),  # out of range
+        (b"bad-18", enc(item(18, published_at="1970-01-01T00:00:00Z")), "bad_timestamp"),  # absurdly old
+        (b"bad-19", enc(item(19, published_at="2226-03-02T11:30:12Z")), "bad_timestamp"),  # far future
+        (b"bad-20", enc(item(20, published_at=1e300)), "bad_timestamp"),
+        # an id already used with different content (the valid item with this id was sent earlier)
+        (valid[21]["id"].encode(), enc(valid[21] | {"headline": "Quietly rewritten headline"}), "duplicate_id"),
+    ]
+
+
+def test_poison_messages_of_every_kind_go_to_the_dlq_and_never_stop_the_stream(broker, sentiment):
+    """Bad input interleaved with valid items: each bad message is dead-lettered with its reason and its
+    original bytes, every valid item is scored, an exact repeat (a producer retry) is scored again, and the
+    stream keeps going (the valid items after the last bad one are scored too)."""
+    from kafka import KafkaProducer
+
     topics = new_topics(broker, "dlq")
     valid = ITEMS[:40]
-    bad = [
-        (b"this is not json", "not_json"),
-        (json.dumps({k: v for k, v in valid[0].items() if k != "headline"} | {"id": "bad-1"}).encode(), "missing_headline"),
-        (json.dumps(valid[1] | {"id": "bad-2", "published_at": "last tuesday"}).encode(), "bad_timestamp"),
-        (json.dumps(valid[2] | {"id": "bad-3", "body": "x" * 70_000}).encode(), "oversize"),
-        (b"[\"a list\"]", "not_object"),
-    ]
-    lines = [json.dumps(v).encode() for v in valid]
-    for i, (value, _) in enumerate(bad):
-        lines.insert(5 + i * 7, value)
-    path = tmp_path / "mixed.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    bad = poison_messages(valid)
+    messages = [(v["id"].encode(), json.dumps(v).encode()) for v in valid]
+    for i, (key, value, _) in enumerate(bad):
+        messages.insert(25 + i * 2, (key, value))  # after valid[21], so the duplicate id comes second
+    messages.append((valid[3]["id"].encode(), json.dumps(valid[3]).encode()))  # exact repeat: not poison
+    messages.append((None, json.dumps(ITEMS[40]).encode()))  # a valid item with a null key
     port = free_port()
     monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target, metrics_port=port)).start()
     try:
-        replay(path, topics.news, monitor.s.kafka)
-        scored = wait_for_ids(broker, topics.scored, {v["id"] for v in valid})
+        producer = KafkaProducer(**monitor.s.kafka.producer())
+        for key, value in messages:
+            producer.send(topics.news, key=key, value=value)
+        producer.flush(30)
+        producer.close()
+        want = {v["id"] for v in valid} | {ITEMS[40]["id"]}
+        scored = wait_for_ids(broker, topics.scored, want)
         dlq = read_topic(broker.bootstrap, topics.dlq, min_count=len(bad))
         time.sleep(1.5)  # lag gauges refresh once a second
         import urllib.request
@@ -140,20 +182,28 @@ def test_malformed_messages_go_to_the_dlq_and_every_valid_one_is_scored(broker, 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         monitor.stop()
-    for reason in ("not_json", "missing_headline", "bad_timestamp", "oversize", "not_object"):
-        assert f'nlpsuite_monitor_dead_lettered_total{{reason="{reason}"}} 1.0' in metrics
-    assert "nlpsuite_monitor_scored_total 40.0" in metrics
-    assert f'nlpsuite_monitor_consumed_total{{topic="{topics.news}"}} 45.0' in metrics
-    assert f'nlpsuite_monitor_consumer_lag{{partition="0",topic="{topics.news}"}} 0.0' in metrics
-    assert "nlpsuite_monitor_publish_to_scored_seconds_count 40.0" in metrics
-    assert scored_ids(scored) == {v["id"] for v in valid}
+    assert not monitor.errors
+    assert scored_ids(scored) == want
+    repeats = [r for r in scored if json.loads(r.value)["item"]["id"] == valid[3]["id"]]
+    assert len({json.loads(r.value)["key"] for r in repeats}) < len(repeats)  # scored twice: not dead-lettered
     letters = [json.loads(r.value) for r in dlq]
     import base64
 
-    got = sorted((base64.b64decode(d["value_b64"]), d["reason"]) for d in letters)
-    assert got == sorted(bad)
+    got = sorted((d["key_b64"] and base64.b64decode(d["key_b64"]) or b"", d["value_b64"] and
+                  base64.b64decode(d["value_b64"]) or b"", d["reason"]) for d in letters)
+    assert got == sorted((k or b"", v or b"", reason) for k, v, reason in bad)
     for d in letters:
-        assert d["topic"] == topics.news and d["partition"] >= 0 and d["offset"] >= 0
+        assert d["topic"] == topics.news and d["partition"] >= 0 and d["offset"] >= 0 and d["detail"] is not None
+    reasons = defaultdict(int)
+    for _, _, reason in bad:
+        reasons[reason] += 1
+    for reason, n in reasons.items():
+        assert f'nlpsuite_monitor_dead_lettered_total{{reason="{reason}"}} {float(n)}' in metrics
+    assert f"nlpsuite_monitor_scored_total {float(len(want) + 1)}" in metrics
+    assert f'nlpsuite_monitor_consumed_total{{topic="{topics.news}"}} {float(len(messages))}' in metrics
+    assert f'nlpsuite_monitor_consumer_lag{{partition="0",topic="{topics.news}"}} 0.0' in metrics
+    print(f"\nFIGURES poison: sent {len(messages)} (bad {len(bad)}), scored ids {len(scored_ids(scored))}, "
+          f"dlq {len(letters)}, missing {len(want - scored_ids(scored))}")
 
 
 def _cli_monitor(broker, topics, sentiment, group, log_path) -> subprocess.Popen:
