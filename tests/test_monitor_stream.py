@@ -319,3 +319,120 @@ def test_two_instances_split_the_partitions_and_publish_the_same_alerts(broker, 
     _same_content_per_id(alerts)
     assert sorted(x["id"] for x in alerts) == sorted(x["id"] for x in single_run[2])
     assert a.aggregator.published or b.aggregator.published
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+FAULT_S = float(os.environ.get("NLPSUITE_FAULT_S", "10"))  # how long each fault lasts; raise it for a soak
+LONG = os.environ.get("NLPSUITE_LONG") == "1"
+
+
+def _ids_now(broker, topics) -> set[str]:
+    return scored_ids(read_topic(broker.bootstrap, topics.scored, timeout_s=3, idle_s=0.1))
+
+
+def _wait_scored(broker, topics, n: int, timeout_s: float = 120) -> set[str]:
+    deadline = time.monotonic() + timeout_s
+    while len(seen := _ids_now(broker, topics)) < n:
+        assert time.monotonic() < deadline, f"only {len(seen)} ids scored"
+        time.sleep(0.2)
+    return seen
+
+
+def _recovery_s(broker, topics, before: set[str], since: float, timeout_s: float = 180) -> float:
+    """Seconds from `since` (the fault's end) until an id not scored before the fault is scored."""
+    deadline = time.monotonic() + timeout_s
+    while not (_ids_now(broker, topics) - before):
+        assert time.monotonic() < deadline, "scoring did not resume after the fault"
+        time.sleep(0.1)
+    return time.monotonic() - since
+
+
+def _check_and_report(name, broker, topics, scored, alerts, reference_alerts, recovery_s, monitor=None):
+    by_id = _same_content_per_id(alerts)  # no alert id with different content
+    missing = IDS - scored_ids(scored)
+    replaced = ""
+    if monitor is not None:
+        samples = [s for m in monitor.metrics.producer_replacements.collect() for s in m.samples
+                   if s.name.endswith("_total")]
+        replaced = f", producers replaced {int(sum(s.value for s in samples))}"
+    print(f"\nFIGURES {name}: sent {len(IDS)}, scored ids {len(scored_ids(scored))} "
+          f"({len(scored)} records), missing {len(missing)}, alerts {len(alerts)} "
+          f"(ids {len(by_id)}, conflicts 0), recovery {recovery_s:.1f}s{replaced}")
+    assert not missing
+    assert set(by_id) == {a["id"] for a in reference_alerts}
+
+
+def _pause_broker_mid_stream(broker, sentiment, single_run, pause_s: float):
+    import threading
+
+    topics = new_topics(broker, "pause")
+    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target)).start()
+    producer = threading.Thread(target=replay, args=(NEWS, topics.news, monitor.s.kafka), kwargs={"rate": 30})
+    try:
+        producer.start()
+        before = _wait_scored(broker, topics, 60)
+        broker.pause()
+        try:
+            time.sleep(pause_s)
+        finally:
+            broker.resume()
+        resumed = time.monotonic()
+        recovery = _recovery_s(broker, topics, before, resumed)
+        producer.join(180)
+        assert not producer.is_alive()
+        scored = wait_for_ids(broker, topics.scored, IDS)
+        alerts = alerts_of(broker, topics)
+    finally:
+        monitor.stop()
+    assert len(before) < len(IDS)  # the pause really was mid-stream
+    assert not monitor.errors
+    _check_and_report(f"broker paused {pause_s:g}s", broker, topics, scored, alerts, single_run[2], recovery,
+                      monitor)
+    return monitor
+
+
+def test_broker_paused_mid_stream_loses_nothing(broker, sentiment, single_run):
+    """The broker stops answering (SIGSTOP) for FAULT_S seconds while news is produced and scored, then resumes
+    (SIGCONT; its memory storage would not survive a restart). The replay, both monitor stages and their
+    producers recover without a restart: every id is scored and the alerts are the same as without a fault."""
+    _pause_broker_mid_stream(broker, sentiment, single_run, FAULT_S)
+
+
+@pytest.mark.skipif(not LONG, reason="long variant: NLPSUITE_LONG=1")
+def test_broker_paused_past_every_request_timeout_loses_nothing(broker, sentiment, single_run):
+    """Longer than request and flush timeouts: publishes fail, producers are replaced, commits fail and
+    batches are replayed."""
+    monitor = _pause_broker_mid_stream(broker, sentiment, single_run, max(40.0, 4 * FAULT_S))
+    assert sum(s.value for m in monitor.metrics.publish_failures.collect() for s in m.samples
+               if s.name.endswith("_total")) > 0
+
+
+def test_sentiment_service_killed_mid_stream_loses_nothing(broker, sentiment, single_run):
+    """SIGKILL of the real `nlpsuite serve sentiment` process while batches are in flight, restarted on the same
+    port FAULT_S seconds later: in-flight calls fail, the batch is retried with backoff and nothing is lost."""
+    import threading
+
+    topics = new_topics(broker, "svckill")
+    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target)).start()
+    producer = threading.Thread(target=replay, args=(NEWS, topics.news, monitor.s.kafka), kwargs={"rate": 30})
+    try:
+        producer.start()
+        before = _wait_scored(broker, topics, 60)
+        sentiment.kill()
+        time.sleep(FAULT_S)
+        during = _ids_now(broker, topics)
+        sentiment.start()
+        restarted = time.monotonic()
+        recovery = _recovery_s(broker, topics, during, restarted)
+        producer.join(180)
+        scored = wait_for_ids(broker, topics.scored, IDS)
+        alerts = alerts_of(broker, topics)
+    finally:
+        monitor.stop()
+        if sentiment.proc is None:
+            sentiment.start()  # the module's other tests need it
+    assert len(before) < len(IDS) and len(during) < len(IDS)  # killed mid-stream
+    assert sum(s.value for m in monitor.metrics.sentiment_errors.collect() for s in m.samples
+               if s.name.endswith("_total")) > 0
+    assert not monitor.errors
+    _check_and_report("sentiment killed", broker, topics, scored, alerts, single_run[2], recovery, monitor)
