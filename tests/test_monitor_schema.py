@@ -49,6 +49,8 @@ def test_valid_item_parses_with_utc_time_and_optional_fields():
     (json.dumps(GOOD | {"headline": ["a", "list"]}).encode(), "invalid"),
     (json.dumps(GOOD | {"tickers": "MWCH"}).encode(), "invalid"),
     (json.dumps(GOOD | {"tickers": [1, 2]}).encode(), "invalid"),
+    (json.dumps(GOOD | {"tickers": [f"T{i}" for i in range(33)]}).encode(), "invalid"),  # fan-out bomb
+    (json.dumps(GOOD | {"tickers": ["X" * 33]}).encode(), "invalid"),
     (json.dumps(GOOD).encode().replace(b"plant", b"pl\\ud800nt"), "invalid"),  # a lone surrogate escape
     (json.dumps(GOOD | {"published_at": "0001-01-01T00:00:00+01:00"}).encode(), "bad_timestamp"),  # overflow
     (json.dumps(GOOD | {"published_at": "9999-12-31T23:59:59-05:00"}).encode(), "bad_timestamp"),

@@ -153,6 +153,7 @@ def poison_messages(valid: list[dict]) -> list[tuple[bytes | None, bytes | None,
         (b"bad-18", enc(item(18, published_at="1970-01-01T00:00:00Z")), "bad_timestamp"),  # absurdly old
         (b"bad-19", enc(item(19, published_at="2226-03-02T11:30:12Z")), "bad_timestamp"),  # far future
         (b"bad-20", enc(item(20, published_at=1e300)), "bad_timestamp"),
+        (b"bad-22", enc(item(22, tickers=[f"T{i}" for i in range(5000)])), "invalid"),  # one record per ticker
         # an id already used with different content (the valid item with this id was sent earlier)
         (valid[21]["id"].encode(), enc(valid[21] | {"headline": "Quietly rewritten headline"}), "duplicate_id"),
     ]

@@ -5,11 +5,13 @@ import base64
 import json
 import time
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
+MAX_TICKERS = 32
+MAX_TICKER_CHARS = 32
 
 
 class NewsItem(BaseModel):
@@ -22,7 +24,9 @@ class NewsItem(BaseModel):
     body: str | None = None
     source: str = Field(min_length=1, max_length=200)
     published_at: datetime
-    tickers: list[str] = Field(default_factory=list)
+    # Bounded: each ticker fans out to one news.scored record carrying the whole item.
+    tickers: list[Annotated[str, Field(max_length=MAX_TICKER_CHARS)]] = Field(default_factory=list,
+                                                                           max_length=MAX_TICKERS)
 
     @field_validator("published_at")
     @classmethod
