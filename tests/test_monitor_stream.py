@@ -250,6 +250,7 @@ def test_consumer_killed_mid_stream_and_restarted_loses_nothing(broker, sentimen
                                     kwargs={"rate": 25})
         producer.start()
         # Kill it (SIGKILL: no commit, no goodbye) twice: once early, once while the surge is being scored.
+        recoveries: list[float] = []
         for target in ("n-0100", "n-0240"):
             deadline = time.monotonic() + 120
             while target not in (seen := scored_ids(read_topic(broker.bootstrap, topics.scored, timeout_s=3,
@@ -261,6 +262,7 @@ def test_consumer_killed_mid_stream_and_restarted_loses_nothing(broker, sentimen
             assert seen < IDS  # killed mid-stream
             proc.wait(10)
             proc = _cli_monitor(broker, topics, sentiment, group, log_path)
+            recoveries.append(_recovery_s(broker, topics, seen, time.monotonic()))
         producer.join(60)
         scored = wait_for_ids(broker, topics.scored, IDS)
         time.sleep(2)
@@ -272,6 +274,8 @@ def test_consumer_killed_mid_stream_and_restarted_loses_nothing(broker, sentimen
     assert scored_ids(scored) == IDS
     by_id = _same_content_per_id(alerts)
     assert set(by_id) == {a["id"] for a in single_run[2]}, (alerts, single_run[2])
+    _check_and_report("consumer SIGKILLed twice (restart to first new id)", broker, topics, scored, alerts,
+                      single_run[2], max(recoveries))
 
 
 def test_sentiment_outage_of_10s_mid_stream_loses_nothing(broker, sentiment, single_run):
