@@ -43,6 +43,22 @@ class BatchSettings(_Strict):
 
 
 class ServiceSettings(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _model_overrides_keep_defaults(cls, data: Any) -> Any:
+        """A partial model section (e.g. only `NLPSUITE_SENTIMENT__MODEL__REPOSITORY`, or only `repository:` in
+        YAML) overrides the section's default model instead of replacing it, so `name` is kept."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for key, field in cls.model_fields.items():
+            value = data.get(key)
+            if isinstance(value, dict) and field.default_factory is not None:
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, ModelSettings):
+                    merged[key] = default.model_dump(exclude_unset=True) | value
+        return merged
+
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; None: off")

@@ -55,3 +55,21 @@ def test_bad_env_value_names_the_variable_path(monkeypatch):
     monkeypatch.setenv("NLPSUITE_RECOMMEND__CACHE_SIZE", "lots")
     with pytest.raises(ConfigError, match="recommend.cache_size"):
         load_settings()
+
+
+def test_a_partial_model_section_keeps_the_default_model_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLPSUITE_SENTIMENT__MODEL__REPOSITORY", "/srv/models")
+    monkeypatch.setenv("NLPSUITE_CHAT__EMBEDDER__VARIANT", "fp32")
+    path = tmp_path / "serve.yaml"
+    path.write_text("recommend:\n  embedder:\n    provider: cpu\n")
+    s = load_settings(path)
+    assert s.sentiment.model.name == "sentiment" and str(s.sentiment.model.repository) == "/srv/models"
+    assert s.chat.embedder.name == "embedder" and s.chat.embedder.variant == "fp32"
+    assert s.chat.intent_model.name == "intent"
+    assert s.recommend.embedder.name == "embedder" and s.recommend.embedder.provider == "cpu"
+    assert s.recommend.ranker is not None and s.recommend.ranker.name == "recommender"
+
+
+def test_the_ranker_can_be_switched_off_from_env(monkeypatch):
+    monkeypatch.setenv("NLPSUITE_RECOMMEND__RANKER", "null")
+    assert load_settings().recommend.ranker is None
