@@ -287,14 +287,26 @@ def _model_fields(docs: list[dict]) -> list[str]:
 
 @pytest.mark.parametrize("overlay,variant,provider", [("cpu", "int8", "cpu"), ("dev", "int8", "cpu"),
                                                       ("gpu", "fp16", "cuda")])
-def test_overlay_variant_and_provider(rendered, overlay, variant, provider):
+def test_overlay_provider_picks_the_variant(rendered, overlay, variant, provider):
+    """Overlays pin the provider, not the variant: the provider's preferred variant is chosen, and a model
+    whose gate refused it (the default intent model publishes fp32 only) still starts on fp32."""
+    from nlpsuite.shared.model_repo import Manifest, VariantInfo, choose_variant
+
     docs = rendered[overlay]
     env = _variants(docs)
     fields = _model_fields(docs)
     assert len(fields) == 4  # sentiment.model, chat.intent_model, chat.embedder, recommend.embedder
     for field in fields:
-        assert env.get(f"{field}__VARIANT") == variant, f"{overlay}: {field}"
+        assert f"{field}__VARIANT" not in env, f"{overlay}: {field} pins a variant"
         assert env.get(f"{field}__PROVIDER") == provider, f"{overlay}: {field}"
+    ort_provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+
+    def manifest(*variants: str) -> Manifest:
+        return Manifest(name="m", task="classify", base_checkpoint="b", base_checkpoint_sha256="0",
+                        variants={v: VariantInfo(file=f"model.{v}.onnx", size_bytes=1) for v in variants})
+
+    assert choose_variant(manifest("fp32", "int8", "fp16"), ort_provider) == variant
+    assert choose_variant(manifest("fp32"), ort_provider) == "fp32"
 
 
 def test_gpu_overlay_requests_gpus_on_gpu_nodes(rendered):
