@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 ENV_PREFIX = "NLPSUITE_"
@@ -42,6 +42,85 @@ class BatchSettings(_Strict):
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
 
 
+def _existing(path: Path | None, what: str) -> None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+
+
+def secret_from(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
+    """A secret given inline or as a file path (a mounted Kubernetes Secret); both at once is an error."""
+    if value is not None and file is not None:
+        raise ValueError(f"set {what} or {what}_file, not both")
+    if file is None:
+        return value
+    _existing(file, f"{what}_file")
+    text = file.read_text().strip()
+    if not text:
+        raise ValueError(f"{what}_file {file} is empty")
+    return SecretStr(text)
+
+
+class TlsSettings(_Strict):
+    """Server TLS (PEM files). cert_file and key_file turn TLS on; client_ca_file also requires client
+    certificates signed by that CA (mutual TLS). None of them: plaintext."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (TLS needs both)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            _existing(getattr(self, name), name)
+        return self
+
+
+class AuthSettings(_Strict):
+    """A shared bearer token every call must carry (`authorization: Bearer <token>` metadata); off when
+    neither token nor token_file is set. Health checks are always open (probes)."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = Field(None, description="file holding the token (read once at start)")
+    open_reflection: bool = Field(False, description="let reflection through without the token")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> AuthSettings:
+        self.token = secret_from(self.token, self.token_file, "token")
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("token is empty")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class ClientTlsSettings(_Strict):
+    """How a client reaches a TLS server: ca_file (None: the system roots), and for mutual TLS a client
+    cert_file and key_file; server_name overrides the name checked in the server's certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            _existing(getattr(self, name), name)
+        return self
+
+
 class ServiceSettings(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
@@ -52,7 +131,10 @@ class ServiceSettings(_Strict):
     max_text_chars: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    reflection: bool = Field(True, description="serve gRPC reflection (service discovery for grpcurl etc.)")
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class SentimentSettings(ServiceSettings):

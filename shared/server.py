@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from nlpsuite.shared.config import ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.metrics import Metrics
+from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared.serving import ServedModel, Timing
 
 log = logging.getLogger(__name__)
@@ -107,26 +108,45 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         # The transport accepts a little more than the configured limit, so that a too-big request
         # reaches the handler and gets INVALID_ARGUMENT naming the field (beyond 2x: RESOURCE_EXHAUSTED).
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=self._interceptors(), options=[
             ("grpc.max_receive_message_length", 2 * limit + 65536),
             ("grpc.max_send_message_length", 2 * limit + 65536),
             ("grpc.so_reuseport", 0),
         ])
         self.service.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if self.settings.reflection:
+            reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self.health.set("", NOT_SERVING)
         await self.health.set(name, NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        tls = self.settings.tls
+        self.port = (self.server.add_secure_port(address, server_credentials(tls)) if tls.enabled
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
         if self.settings.metrics_port is not None:
             metrics_port = self.service.metrics.serve(self.settings.metrics_port, self.settings.host)
             log.info("metrics listening", extra={"service": self.service.short_name, "port": metrics_port})
-        log.info("listening; loading models", extra={"service": self.service.short_name, "port": self.port})
+        log.info("listening; loading models", extra={
+            "service": self.service.short_name, "port": self.port,
+            "tls": "mutual" if tls.client_ca_file else ("on" if tls.enabled else "off"),
+            "token": self.settings.auth.enabled})
         self._load_task = asyncio.create_task(self._load())
         return self.port
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        auth = self.settings.auth
+        if auth.token is None:
+            return []
+        prefix = f"/{self.service.service_name}/"
+
+        def denied(method: str) -> None:  # label only this service's methods: callers choose the name
+            rpc = method[len(prefix):] if method.startswith(prefix) else "other"
+            self.service.metrics.requests.labels(self.service.short_name, rpc, "UNAUTHENTICATED").inc()
+
+        return [TokenInterceptor(auth.token, open_methods(auth), on_denied=denied)]
 
     async def _load(self) -> None:
         started = time.perf_counter()
