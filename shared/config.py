@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -223,7 +223,7 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         return Settings(**overrides)
     except ValidationError as exc:
         source = f" (from {path} and {ENV_PREFIX}* environment variables)" if path else ""
-        raise ConfigError(f"invalid configuration{source}:\n{_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration{source}:\n{describe_errors(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. YAML syntax errors
         raise ConfigError(f"invalid configuration file {path}: {exc}") from None
     finally:

@@ -25,7 +25,8 @@ class Monitor:
         self.metrics = MonitorMetrics()
         self.stop_event = threading.Event()
         self.sink = WebhookSink(settings.webhook_url, self.metrics, settings.webhook_retries,
-                                settings.webhook_timeout_s) if settings.webhook_url else None
+                                settings.webhook_timeout_s, capacity=settings.webhook_queue) \
+            if settings.webhook_url else None
         self.scorer = Scorer(settings, self.metrics, self.stop_event) if "score" in stages else None
         self.aggregator = Aggregator(settings, self.metrics, self.stop_event, self.sink) \
             if "aggregate" in stages else None
