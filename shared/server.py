@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nlpsuite.shared.config import ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
+from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared.serving import ServedModel, Timing
@@ -77,9 +78,10 @@ def unary(method: str, field: str):
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
-            except Exception:  # noqa: BLE001 - never take the server down; log and answer INTERNAL
+            except Exception as exc:  # noqa: BLE001 - never take the server down; log and answer INTERNAL
                 code = "INTERNAL"
-                log.exception("handler failed", extra={"service": self.short_name, "method": method})
+                log.error("handler failed", extra={"service": self.short_name, "method": method, **failure(exc)})
+                log.debug("handler failure detail", exc_info=True)  # the message may quote customer text
                 await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error")
             finally:
                 self.metrics.observe_request(method, code, timing.stages())

@@ -5,6 +5,8 @@ import logging
 import signal
 import threading
 
+from nlpsuite.shared.logs import failure
+
 from .aggregator import Aggregator
 from .config import MonitorSettings
 from .metrics import MonitorMetrics
@@ -50,14 +52,15 @@ class Monitor:
         try:
             stage.run()
         except BaseException as exc:  # noqa: BLE001 - reported by stop()/run_forever
-            log.exception("stage %s failed", type(stage).__name__)
+            log.error("stage %s failed", type(stage).__name__, extra=failure(exc))
+            log.debug("stage failure detail", exc_info=True)  # the message may quote a news item
             self.errors.append(exc)
             self.stop_event.set()
         finally:
             try:
                 stage.close()
-            except Exception:  # noqa: BLE001
-                log.exception("closing %s", type(stage).__name__)
+            except Exception as exc:  # noqa: BLE001
+                log.error("closing %s failed", type(stage).__name__, extra=failure(exc))
 
     def stop(self, timeout_s: float = 90.0) -> None:
         self.stop_event.set()
