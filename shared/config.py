@@ -155,6 +155,7 @@ class ChatSettings(ServiceSettings):
     context_turns: int = Field(5, ge=1)
     context_ttl_s: float = Field(1800.0, gt=0)
     max_conversations: int = Field(10_000, ge=1)
+    max_conversation_id_chars: int = Field(128, ge=1)
     top_k: int = Field(3, ge=1)
 
 
