@@ -181,3 +181,36 @@ def test_webhook_queue():
     finally:
         _HeldReceiver.release.set()
         server.shutdown()
+
+
+def test_monitor_batch_max():
+    import json
+    import threading as _threading
+
+    from kafka import KafkaProducer
+
+    from nlpsuite.services.monitor.broker import LocalBroker, create_topics
+    from nlpsuite.services.monitor.metrics import MonitorMetrics
+    from nlpsuite.services.monitor.scorer import Scorer
+    from tests.monitor_support import monitor_settings, unique_topics
+
+    topics = unique_topics("limits")
+    with LocalBroker() as broker:
+        create_topics(broker.bootstrap, topics.all(), partitions=1)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, allow_auto_create_topics=False)
+        for i in range(10):
+            producer.send(topics.news, value=json.dumps({"id": f"n{i}"}).encode())
+        producer.flush()
+        producer.close()
+        scorer = Scorer(monitor_settings(broker.bootstrap, topics, "127.0.0.1:1", batch_max=3), MonitorMetrics(),
+                        _threading.Event())
+        scorer.open()
+        try:
+            polls = []
+            deadline = time.monotonic() + 60
+            while sum(polls) < 10 and time.monotonic() < deadline:
+                records = scorer.consumer.poll(timeout_ms=500)
+                polls.append(sum(len(r) for r in records.values()))
+        finally:
+            scorer.close()
+    assert sum(polls) == 10 and max(polls) == 3
