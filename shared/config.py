@@ -125,6 +125,9 @@ class ServiceSettings(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; None: off")
+    health_port: int | None = Field(None, ge=0, le=65535,
+                                    description="plaintext port serving only grpc.health.v1, for probes that "
+                                                "cannot speak TLS; None: off")
     max_tokens: int = Field(128, ge=8, description="token limit per text, special tokens included")
     reject_overlong: bool = False
     max_items: int = Field(256, ge=1, description="most texts (or candidates) in one request")
@@ -184,7 +187,8 @@ class Settings(BaseSettings):
         used: dict[int, str] = {}
         for name in ("sentiment", "chat", "recommend"):
             section: ServiceSettings = getattr(self, name)
-            for kind, port in (("port", section.port), ("metrics_port", section.metrics_port)):
+            for kind, port in (("port", section.port), ("metrics_port", section.metrics_port),
+                               ("health_port", section.health_port)):
                 if port:  # 0 = any free port
                     if port in used:
                         raise ValueError(f"{name}.{kind} {port} is also {used[port]}")

@@ -100,6 +100,8 @@ class GrpcServer:
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None  # created in start(), on the loop that runs it
         self.port: int | None = None
+        self.health_server: grpc.aio.Server | None = None  # the plaintext health-only port (health_port)
+        self.health_port: int | None = None
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
@@ -128,15 +130,27 @@ class GrpcServer:
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
+        if self.settings.health_port is not None:
+            self.health_port = await self._serve_health_only(self.settings.health_port)
         if self.settings.metrics_port is not None:
             metrics_port = self.service.metrics.serve(self.settings.metrics_port, self.settings.host)
             log.info("metrics listening", extra={"service": self.service.short_name, "port": metrics_port})
         log.info("listening; loading models", extra={
             "service": self.service.short_name, "port": self.port,
             "tls": "mutual" if tls.client_ca_file else ("on" if tls.enabled else "off"),
-            "token": self.settings.auth.enabled})
+            "token": self.settings.auth.enabled, "health_port": self.health_port})
         self._load_task = asyncio.create_task(self._load())
         return self.port
+
+    async def _serve_health_only(self, port: int) -> int:
+        """grpc.health.v1 alone on a plaintext port, for probes that cannot speak TLS (the kubelet's gRPC probe)."""
+        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        bound = self.health_server.add_insecure_port(f"{self.settings.host}:{port}")
+        if bound == 0:
+            raise RuntimeError(f"could not bind health_port {self.settings.host}:{port}")
+        await self.health_server.start()
+        return bound
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         auth = self.settings.auth
@@ -177,6 +191,8 @@ class GrpcServer:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.close()
         self.service.metrics.close()
         log.info("stopped", extra={"service": self.service.short_name})

@@ -67,6 +67,20 @@ def test_tls_server_refuses_plaintext_and_unknown_ca(tls_server, certs):
         assert _refused(lambda: wrong.analyze(TEXT)) == grpc.StatusCode.UNAVAILABLE
 
 
+def test_health_only_port_answers_probes_in_plaintext_and_nothing_else(built_classifier, certs):
+    tls = TlsSettings(cert_file=certs.server.cert, key_file=certs.server.key)
+    with _serve(built_classifier, tls=tls, auth=AuthSettings(token=TOKEN), health_port=0) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.server.health_port}") as channel:
+        assert srv.server.health_port not in (None, 0, srv.port)
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
+        call = lambda: stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=TEXT), timeout=10,
+                                    metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert _refused(call) == grpc.StatusCode.UNIMPLEMENTED
+        srv.stop_async(grace=0.5).result(30)  # the health-only port closes with the server
+        assert _refused(lambda: _health(channel)) == grpc.StatusCode.UNAVAILABLE
+
+
 def test_server_name_override_checks_the_name_in_the_certificate(tls_server, certs):
     target = f"127.0.0.1:{tls_server.port}"
     with SentimentClient(target, tls=ClientTlsSettings(ca_file=certs.ca, server_name="localhost")) as c:
