@@ -42,27 +42,37 @@ class BatchSettings(_Strict):
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
 
 
-def _existing(path: Path | None, what: str) -> None:
-    if path is not None and not path.is_file():
-        raise ValueError(f"{what} {path} does not exist")
+def read_file(path: Path, what: str) -> bytes:
+    """A file named in the settings (a certificate, a key, a mounted Secret), read when it is used: settings
+    load where those files are not mounted (CI, a laptop rendering the manifests), the service starts where
+    they are. ConfigError names the setting when it is missing."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def one_of(value: SecretStr | None, file: Path | None, what: str) -> None:
+    if value is not None and file is not None:
+        raise ValueError(f"set {what} or {what}_file, not both")
+    if value is not None and not value.get_secret_value().strip():
+        raise ValueError(f"{what} is empty")
 
 
 def secret_from(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
-    """A secret given inline or as a file path (a mounted Kubernetes Secret); both at once is an error."""
-    if value is not None and file is not None:
-        raise ValueError(f"set {what} or {what}_file, not both")
+    """The secret given inline, or read from `file` (surrounding whitespace stripped); ConfigError if unreadable
+    or empty."""
     if file is None:
         return value
-    _existing(file, f"{what}_file")
-    text = file.read_text().strip()
+    text = read_file(file, f"{what}_file").decode("utf-8", "replace").strip()
     if not text:
-        raise ValueError(f"{what}_file {file} is empty")
+        raise ConfigError(f"{what}_file {file} is empty")
     return SecretStr(text)
 
 
 class TlsSettings(_Strict):
     """Server TLS (PEM files). cert_file and key_file turn TLS on; client_ca_file also requires client
-    certificates signed by that CA (mutual TLS). None of them: plaintext."""
+    certificates signed by that CA (mutual TLS). None of them: plaintext. Read at start."""
 
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -78,8 +88,6 @@ class TlsSettings(_Strict):
             raise ValueError("cert_file and key_file go together (TLS needs both)")
         if self.client_ca_file is not None and self.cert_file is None:
             raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            _existing(getattr(self, name), name)
         return self
 
 
@@ -92,15 +100,16 @@ class AuthSettings(_Strict):
     open_reflection: bool = Field(False, description="let reflection through without the token")
 
     @model_validator(mode="after")
-    def _resolve(self) -> AuthSettings:
-        self.token = secret_from(self.token, self.token_file, "token")
-        if self.token is not None and not self.token.get_secret_value().strip():
-            raise ValueError("token is empty")
+    def _check(self) -> AuthSettings:
+        one_of(self.token, self.token_file, "token")
         return self
 
     @property
     def enabled(self) -> bool:
-        return self.token is not None
+        return self.token is not None or self.token_file is not None
+
+    def secret(self) -> SecretStr | None:
+        return secret_from(self.token, self.token_file, "auth.token")
 
 
 class ClientTlsSettings(_Strict):
@@ -116,8 +125,6 @@ class ClientTlsSettings(_Strict):
     def _check(self) -> ClientTlsSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
-        for name in ("ca_file", "cert_file", "key_file"):
-            _existing(getattr(self, name), name)
         return self
 
 

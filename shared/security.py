@@ -15,7 +15,7 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
-from nlpsuite.shared.config import AuthSettings, ClientTlsSettings, TlsSettings
+from nlpsuite.shared.config import AuthSettings, ClientTlsSettings, TlsSettings, read_file
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ REFLECTION_PREFIX = f"/{reflection.SERVICE_NAME}/"
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     """Credentials for TLS, or mutual TLS (client certificates required) when client_ca_file is set."""
     assert tls.cert_file is not None and tls.key_file is not None
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
-    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+    key, cert = read_file(tls.key_file, "tls.key_file"), read_file(tls.cert_file, "tls.cert_file")
+    client_ca = None if tls.client_ca_file is None else read_file(tls.client_ca_file, "tls.client_ca_file")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 def open_methods(auth: AuthSettings) -> tuple[str, ...]:
@@ -94,9 +95,12 @@ def _secret(token: str | SecretStr | None) -> str | None:
 
 
 def channel_credentials(tls: ClientTlsSettings) -> grpc.ChannelCredentials:
-    read = lambda p: None if p is None else p.read_bytes()  # noqa: E731
-    return grpc.ssl_channel_credentials(root_certificates=read(tls.ca_file), private_key=read(tls.key_file),
-                                        certificate_chain=read(tls.cert_file))
+    def read(path, what):
+        return None if path is None else read_file(path, f"tls.{what}")
+
+    return grpc.ssl_channel_credentials(root_certificates=read(tls.ca_file, "ca_file"),
+                                        private_key=read(tls.key_file, "key_file"),
+                                        certificate_chain=read(tls.cert_file, "cert_file"))
 
 
 class _TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,

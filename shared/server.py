@@ -154,7 +154,8 @@ class GrpcServer:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         auth = self.settings.auth
-        if auth.token is None:
+        token = auth.secret()
+        if token is None:
             return []
         prefix = f"/{self.service.service_name}/"
 
@@ -162,7 +163,7 @@ class GrpcServer:
             rpc = method[len(prefix):] if method.startswith(prefix) else "other"
             self.service.metrics.requests.labels(self.service.short_name, rpc, "UNAUTHENTICATED").inc()
 
-        return [TokenInterceptor(auth.token, open_methods(auth), on_denied=denied)]
+        return [TokenInterceptor(token, open_methods(auth), on_denied=denied)]
 
     async def _load(self) -> None:
         started = time.perf_counter()

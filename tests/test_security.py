@@ -198,8 +198,8 @@ def test_token_and_tls_from_env_and_mounted_files(tmp_path, monkeypatch, certs):
     monkeypatch.setenv("NLPSUITE_CHAT__TLS__KEY_FILE", str(certs.server.key))
     monkeypatch.setenv("NLPSUITE_SENTIMENT__AUTH__TOKEN", "inline-" + TOKEN)
     s = load_settings()
-    assert s.chat.auth.token.get_secret_value() == TOKEN and s.chat.tls.enabled and not s.chat.tls.client_ca_file
-    assert s.sentiment.auth.token.get_secret_value() == "inline-" + TOKEN
+    assert s.chat.auth.secret().get_secret_value() == TOKEN and s.chat.tls.enabled and not s.chat.tls.client_ca_file
+    assert s.sentiment.auth.secret().get_secret_value() == "inline-" + TOKEN
     assert not s.recommend.auth.enabled and not s.recommend.tls.enabled
     assert TOKEN not in repr(s) and TOKEN not in s.model_dump_json()
 
@@ -208,21 +208,41 @@ def test_token_and_tls_from_env_and_mounted_files(tmp_path, monkeypatch, certs):
     ({"TLS__CERT_FILE": "{cert}"}, "cert_file and key_file go together"),
     ({"TLS__KEY_FILE": "{key}"}, "cert_file and key_file go together"),
     ({"TLS__CLIENT_CA_FILE": "{ca}"}, "client_ca_file (mutual TLS) needs cert_file"),
-    ({"TLS__CERT_FILE": "/nonexistent.crt", "TLS__KEY_FILE": "{key}"}, "cert_file /nonexistent.crt does not exist"),
     ({"AUTH__TOKEN": "x", "AUTH__TOKEN_FILE": "{ca}"}, "set token or token_file, not both"),
-    ({"AUTH__TOKEN_FILE": "/nonexistent-token"}, "token_file /nonexistent-token does not exist"),
-    ({"AUTH__TOKEN_FILE": "{empty}"}, "is empty"),
     ({"AUTH__TOKEN": "  "}, "token is empty"),
 ])
-def test_bad_tls_and_auth_settings_are_config_errors(monkeypatch, tmp_path, certs, env, needle):
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
-    paths = dict(cert=certs.server.cert, key=certs.server.key, ca=certs.ca, empty=empty)
+def test_bad_tls_and_auth_settings_are_config_errors(monkeypatch, certs, env, needle):
+    paths = dict(cert=certs.server.cert, key=certs.server.key, ca=certs.ca)
     for key, value in env.items():
         monkeypatch.setenv(f"NLPSUITE_RECOMMEND__{key}", value.format(**paths))
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert needle in str(err.value) and "recommend." in str(err.value)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"TLS__CERT_FILE": "/nonexistent.crt", "TLS__KEY_FILE": "{key}"}, "tls.cert_file /nonexistent.crt cannot be read"),
+    ({"TLS__CERT_FILE": "{cert}", "TLS__KEY_FILE": "{key}", "TLS__CLIENT_CA_FILE": "/nope/ca.crt"},
+     "tls.client_ca_file /nope/ca.crt cannot be read"),
+    ({"AUTH__TOKEN_FILE": "/nonexistent-token"}, "auth.token_file /nonexistent-token cannot be read"),
+    ({"AUTH__TOKEN_FILE": "{empty}"}, "auth.token_file {empty} is empty"),
+])
+def test_serve_stops_at_start_when_a_named_file_is_missing_or_empty(monkeypatch, tmp_path, certs, capsys, env,
+                                                                    needle):
+    # Files are read when the server starts (settings also load where they are not mounted, e.g. in CI).
+    from nlpsuite.cli import main
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    paths = dict(cert=certs.server.cert, key=certs.server.key, ca=certs.ca, empty=empty)
+    monkeypatch.setenv("NLPSUITE_SENTIMENT__HOST", "127.0.0.1")
+    monkeypatch.setenv("NLPSUITE_SENTIMENT__PORT", "0")
+    monkeypatch.setenv("NLPSUITE_SENTIMENT__MODEL__NAME", "sentiment")
+    monkeypatch.setenv("NLPSUITE_SENTIMENT__MODEL__REPOSITORY", str(tmp_path / "no-models"))
+    for key, value in env.items():
+        monkeypatch.setenv(f"NLPSUITE_SENTIMENT__{key}", value.format(**paths))
+    assert main(["serve", "sentiment"]) == 2
+    assert needle.format(**paths) in capsys.readouterr().err
 
 
 def test_client_tls_settings_need_cert_and_key_together(certs):

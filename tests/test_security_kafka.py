@@ -75,12 +75,9 @@ def test_plain_ssl_without_client_certificate_and_plaintext_default(pem):
     ({"security_protocol": "SSL", "ssl_certfile": "{cert}"}, "ssl_certfile and ssl_keyfile go together"),
     ({"security_protocol": "SSL", "ssl_keyfile": "{cert}"}, "ssl_certfile and ssl_keyfile go together"),
     ({"ssl_cafile": "{cert}"}, "security_protocol is PLAINTEXT"),
-    ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "ssl_cafile /nonexistent/ca.pem does not exist"),
     ({"security_protocol": "SSL", "ssl_password": "p"}, "ssl_password is the password of ssl_keyfile"),
     ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u",
       "sasl_plain_password": "p", "sasl_plain_password_file": "{cert}"}, "not both"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u",
-      "sasl_plain_password_file": "/nonexistent/pw"}, "sasl_plain_password_file /nonexistent/pw does not exist"),
 ])
 def test_bad_combinations_are_config_errors(monkeypatch, pem, env, needle):
     cert = pem("c.pem")
@@ -90,13 +87,34 @@ def test_bad_combinations_are_config_errors(monkeypatch, pem, env, needle):
     assert needle in str(err.value) and "kafka" in str(err.value)
 
 
+def test_missing_files_are_config_errors_when_the_clients_are_built(tmp_path, pem):
+    # Settings load where the Secrets are not mounted (CI renders the manifests); the files are read when used.
+    empty = tmp_path / "empty"
+    empty.write_text(" \n")
+    cases = [
+        (dict(security_protocol="SSL", ssl_cafile="/nonexistent/ca.pem"), "kafka.ssl_cafile /nonexistent/ca.pem does not exist"),
+        (dict(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_plain_username="u",
+              sasl_plain_password_file="/nonexistent/pw"), "kafka.sasl_plain_password_file /nonexistent/pw cannot be read"),
+        (dict(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_username="u",
+              sasl_plain_password_file=empty), f"kafka.sasl_plain_password_file {empty} is empty"),
+        (dict(security_protocol="SSL", ssl_certfile=pem("c.pem"), ssl_keyfile=pem("c.key"),
+              ssl_password_file="/nonexistent/kp"), "kafka.ssl_password_file /nonexistent/kp cannot be read"),
+    ]
+    for fields, needle in cases:
+        k = KafkaSettings(**fields)
+        for build in (k.common, k.producer, lambda: k.consumer("g")):
+            with pytest.raises(ConfigError) as err:
+                build()
+            assert needle in str(err.value)
+
+
 def test_monitor_reaches_the_sentiment_service_with_tls_and_a_mounted_token(monkeypatch, tmp_path, pem):
     token = tmp_path / "token"
     token.write_text("monitor-token\n")
     monkeypatch.setenv("NLPSUITE_MONITOR_SENTIMENT_TOKEN_FILE", str(token))
     monkeypatch.setenv("NLPSUITE_MONITOR_SENTIMENT_TLS__CA_FILE", str(pem("ca.pem")))
     s = load_monitor_settings()
-    assert s.sentiment_token.get_secret_value() == "monitor-token" and s.sentiment_tls.ca_file == tmp_path / "ca.pem"
+    assert s.sentiment_secret().get_secret_value() == "monitor-token" and s.sentiment_tls.ca_file == tmp_path / "ca.pem"
     assert "monitor-token" not in repr(s)
 
 

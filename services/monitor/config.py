@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nlpsuite.shared.config import ClientTlsSettings, ConfigError, describe_errors, secret_from
+from nlpsuite.shared.config import ClientTlsSettings, ConfigError, describe_errors, one_of, secret_from
 
 
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -22,8 +22,8 @@ class KafkaSettings(BaseModel):
     """How to reach the cluster. Everything kafka-python needs for TLS and SASL comes from here.
 
     Secrets (the SASL password, the key's password) are SecretStr, given inline or as `*_file` paths (a mounted
-    Kubernetes Secret). Combinations that cannot work are refused when the settings are made (ConfigError
-    through `load_monitor_settings`)."""
+    Kubernetes Secret), read when the client arguments are built. Combinations that cannot work are refused
+    when the settings are made (ConfigError through `load_monitor_settings`)."""
 
     bootstrap_servers: str = "localhost:9092"
     client_id: str = "nlpsuite-monitor"
@@ -49,23 +49,21 @@ class KafkaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_security(self) -> "KafkaSettings":
-        self.ssl_password = secret_from(self.ssl_password, self.ssl_password_file, "ssl_password")
-        self.sasl_plain_password = secret_from(self.sasl_plain_password, self.sasl_plain_password_file,
-                                               "sasl_plain_password")
+        one_of(self.ssl_password, self.ssl_password_file, "ssl_password")
+        one_of(self.sasl_plain_password, self.sasl_plain_password_file, "sasl_plain_password")
         protocol = self.security_protocol
         tls, sasl = protocol in ("SSL", "SASL_SSL"), protocol.startswith("SASL")
-        ssl_set = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password") if getattr(self, n)]
+        ssl_set = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_password_file")
+                   if getattr(self, n) is not None]
         if ssl_set and not tls:
             raise ValueError(f"{', '.join(ssl_set)} set but security_protocol is {protocol} (use SSL or SASL_SSL)")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together (a client certificate needs its key)")
-        if self.ssl_password is not None and self.ssl_keyfile is None:
+        if (self.ssl_password is not None or self.ssl_password_file is not None) and self.ssl_keyfile is None:
             raise ValueError("ssl_password is the password of ssl_keyfile, which is not set")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {path} does not exist")
-        sasl_set = [n for n in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password") if getattr(self, n)]
+        password = self.sasl_plain_password is not None or self.sasl_plain_password_file is not None
+        sasl_set = [n for n in ("sasl_mechanism", "sasl_plain_username") if getattr(self, n)]
+        sasl_set += ["sasl_plain_password"] if password else []
         if sasl_set and not sasl:
             raise ValueError(f"{', '.join(sasl_set)} set but security_protocol is {protocol} "
                              "(use SASL_SSL, or SASL_PLAINTEXT)")
@@ -73,13 +71,14 @@ class KafkaSettings(BaseModel):
             if self.sasl_mechanism is None:
                 raise ValueError(f"security_protocol {protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, "
                                  "SCRAM-SHA-512)")
-            if not self.sasl_plain_username or self.sasl_plain_password is None:
+            if not self.sasl_plain_username or not password:
                 raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_plain_username and "
                                  "sasl_plain_password (or sasl_plain_password_file)")
         return self
 
     def common(self) -> dict[str, Any]:
-        """Connection settings shared by consumers, producers and the admin client."""
+        """Connection settings shared by consumers, producers and the admin client. Reads the password files
+        and checks the certificate files (ConfigError naming the setting when one is missing)."""
         out: dict[str, Any] = {
             "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
             "client_id": self.client_id,
@@ -89,16 +88,21 @@ class KafkaSettings(BaseModel):
         if self.security_protocol in ("SSL", "SASL_SSL"):
             out["ssl_check_hostname"] = self.ssl_check_hostname
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-                value = getattr(self, name)
-                if value is not None:
-                    out[name] = str(value)
-            if self.ssl_password is not None:
-                out["ssl_password"] = self.ssl_password.get_secret_value()
+                path = getattr(self, name)
+                if path is not None:
+                    if not path.is_file():
+                        raise ConfigError(f"kafka.{name} {path} does not exist")
+                    out[name] = str(path)
+            password = secret_from(self.ssl_password, self.ssl_password_file, "kafka.ssl_password")
+            if password is not None:
+                out["ssl_password"] = password.get_secret_value()
         if self.security_protocol.startswith("SASL"):
-            assert self.sasl_plain_password is not None  # _check_security
+            password = secret_from(self.sasl_plain_password, self.sasl_plain_password_file,
+                                   "kafka.sasl_plain_password")
+            assert password is not None  # _check_security
             out["sasl_mechanism"] = self.sasl_mechanism
             out["sasl_plain_username"] = self.sasl_plain_username
-            out["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+            out["sasl_plain_password"] = password.get_secret_value()
         return out
 
     def consumer(self, group_id: str | None, **extra: Any) -> dict[str, Any]:
@@ -201,8 +205,12 @@ class MonitorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _token(self) -> "MonitorSettings":
-        self.sentiment_token = secret_from(self.sentiment_token, self.sentiment_token_file, "sentiment_token")
+        one_of(self.sentiment_token, self.sentiment_token_file, "sentiment_token")
         return self
+
+    def sentiment_secret(self) -> SecretStr | None:
+        """The sentiment service's token (read from sentiment_token_file when that is set)."""
+        return secret_from(self.sentiment_token, self.sentiment_token_file, "sentiment_token")
 
 
 def load_monitor_settings(**overrides: Any) -> MonitorSettings:
