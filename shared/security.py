@@ -6,7 +6,6 @@ Client: `open_channel(target, tls, token)` (sync or grpc.aio) sends the token as
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -16,8 +15,6 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
 from nlpsuite.shared.config import AuthSettings, ClientTlsSettings, TlsSettings, read_file
-
-log = logging.getLogger(__name__)
 
 AUTH_HEADER = "authorization"
 SCHEME = "Bearer "
