@@ -120,9 +120,9 @@ def _cmd_quantcheck(args: argparse.Namespace) -> int:
 
 
 def _monitor_settings(args: argparse.Namespace):
-    from nlpsuite.services.monitor.config import MonitorSettings
+    from nlpsuite.services.monitor.config import load_monitor_settings
 
-    settings = MonitorSettings()
+    settings = load_monitor_settings()
     kafka = settings.kafka
     if getattr(args, "bootstrap_servers", None):
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
@@ -300,11 +300,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from nlpsuite.pipeline.data import DataError
     from nlpsuite.pipeline.train import CheckpointError
+    from nlpsuite.shared.config import ConfigError
     from nlpsuite.shared.model_repo import ModelRepoError
 
     try:
         return args.func(args)
-    except (DataError, CheckpointError, ModelRepoError) as exc:
+    except (DataError, CheckpointError, ModelRepoError, ConfigError) as exc:
         print(f"nlpsuite {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

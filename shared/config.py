@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 ENV_PREFIX = "NLPSUITE_"
@@ -42,6 +42,92 @@ class BatchSettings(_Strict):
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
 
 
+def read_file(path: Path, what: str) -> bytes:
+    """A file named in the settings (a certificate, a key, a mounted Secret), read when it is used: settings
+    load where those files are not mounted (CI, a laptop rendering the manifests), the service starts where
+    they are. ConfigError names the setting when it is missing."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def one_of(value: SecretStr | None, file: Path | None, what: str) -> None:
+    if value is not None and file is not None:
+        raise ValueError(f"set {what} or {what}_file, not both")
+    if value is not None and not value.get_secret_value().strip():
+        raise ValueError(f"{what} is empty")
+
+
+def secret_from(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
+    """The secret given inline, or read from `file` (surrounding whitespace stripped); ConfigError if unreadable
+    or empty."""
+    if file is None:
+        return value
+    text = read_file(file, f"{what}_file").decode("utf-8", "replace").strip()
+    if not text:
+        raise ConfigError(f"{what}_file {file} is empty")
+    return SecretStr(text)
+
+
+class TlsSettings(_Strict):
+    """Server TLS (PEM files). cert_file and key_file turn TLS on; client_ca_file also requires client
+    certificates signed by that CA (mutual TLS). None of them: plaintext. Read at start."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (TLS needs both)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+
+class AuthSettings(_Strict):
+    """A shared bearer token every call must carry (`authorization: Bearer <token>` metadata); off when
+    neither token nor token_file is set. Health checks are always open (probes)."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = Field(None, description="file holding the token (read once at start)")
+    open_reflection: bool = Field(False, description="let reflection through without the token")
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthSettings:
+        one_of(self.token, self.token_file, "token")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None or self.token_file is not None
+
+    def secret(self) -> SecretStr | None:
+        return secret_from(self.token, self.token_file, "auth.token")
+
+
+class ClientTlsSettings(_Strict):
+    """How a client reaches a TLS server: ca_file (None: the system roots), and for mutual TLS a client
+    cert_file and key_file; server_name overrides the name checked in the server's certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        return self
+
+
 class ServiceSettings(_Strict):
     @model_validator(mode="before")
     @classmethod
@@ -62,13 +148,19 @@ class ServiceSettings(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; None: off")
+    health_port: int | None = Field(None, ge=0, le=65535,
+                                    description="plaintext port serving only grpc.health.v1, for probes that "
+                                                "cannot speak TLS; None: off")
     max_tokens: int = Field(128, ge=8, description="token limit per text, special tokens included")
     reject_overlong: bool = False
     max_items: int = Field(256, ge=1, description="most texts (or candidates) in one request")
     max_text_chars: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
+    reflection: bool = Field(True, description="serve gRPC reflection (service discovery for grpcurl etc.)")
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class SentimentSettings(ServiceSettings):
@@ -89,6 +181,7 @@ class ChatSettings(ServiceSettings):
     context_turns: int = Field(5, ge=1)
     context_ttl_s: float = Field(1800.0, gt=0)
     max_conversations: int = Field(10_000, ge=1)
+    max_conversation_id_chars: int = Field(128, ge=1)
     top_k: int = Field(3, ge=1)
 
 
@@ -117,7 +210,8 @@ class Settings(BaseSettings):
         used: dict[int, str] = {}
         for name in ("sentiment", "chat", "recommend"):
             section: ServiceSettings = getattr(self, name)
-            for kind, port in (("port", section.port), ("metrics_port", section.metrics_port)):
+            for kind, port in (("port", section.port), ("metrics_port", section.metrics_port),
+                               ("health_port", section.health_port)):
                 if port:  # 0 = any free port
                     if port in used:
                         raise ValueError(f"{name}.{kind} {port} is also {used[port]}")
@@ -137,7 +231,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -157,7 +251,7 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         return Settings(**overrides)
     except ValidationError as exc:
         source = f" (from {path} and {ENV_PREFIX}* environment variables)" if path else ""
-        raise ConfigError(f"invalid configuration{source}:\n{_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration{source}:\n{describe_errors(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. YAML syntax errors
         raise ConfigError(f"invalid configuration file {path}: {exc}") from None
     finally:

@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from nlpsuite.shared.config import ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
+from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
+from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared.serving import ServedModel, Timing
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,10 @@ def unary(method: str, field: str):
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
-            except Exception:  # noqa: BLE001 - never take the server down; log and answer INTERNAL
+            except Exception as exc:  # noqa: BLE001 - never take the server down; log and answer INTERNAL
                 code = "INTERNAL"
-                log.exception("handler failed", extra={"service": self.short_name, "method": method})
+                log.error("handler failed", extra={"service": self.short_name, "method": method, **failure(exc)})
+                log.debug("handler failure detail", exc_info=True)  # the message may quote customer text
                 await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error")
             finally:
                 self.metrics.observe_request(method, code, timing.stages())
@@ -97,6 +100,8 @@ class GrpcServer:
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None  # created in start(), on the loop that runs it
         self.port: int | None = None
+        self.health_server: grpc.aio.Server | None = None  # the plaintext health-only port (health_port)
+        self.health_port: int | None = None
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
@@ -107,26 +112,58 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         # The transport accepts a little more than the configured limit, so that a too-big request
         # reaches the handler and gets INVALID_ARGUMENT naming the field (beyond 2x: RESOURCE_EXHAUSTED).
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=self._interceptors(), options=[
             ("grpc.max_receive_message_length", 2 * limit + 65536),
             ("grpc.max_send_message_length", 2 * limit + 65536),
             ("grpc.so_reuseport", 0),
         ])
         self.service.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if self.settings.reflection:
+            reflection.enable_server_reflection((name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self.health.set("", NOT_SERVING)
         await self.health.set(name, NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        tls = self.settings.tls
+        self.port = (self.server.add_secure_port(address, server_credentials(tls)) if tls.enabled
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
+        if self.settings.health_port is not None:
+            self.health_port = await self._serve_health_only(self.settings.health_port)
         if self.settings.metrics_port is not None:
             metrics_port = self.service.metrics.serve(self.settings.metrics_port, self.settings.host)
             log.info("metrics listening", extra={"service": self.service.short_name, "port": metrics_port})
-        log.info("listening; loading models", extra={"service": self.service.short_name, "port": self.port})
+        log.info("listening; loading models", extra={
+            "service": self.service.short_name, "port": self.port,
+            "tls": "mutual" if tls.client_ca_file else ("on" if tls.enabled else "off"),
+            "token": self.settings.auth.enabled, "health_port": self.health_port})
         self._load_task = asyncio.create_task(self._load())
         return self.port
+
+    async def _serve_health_only(self, port: int) -> int:
+        """grpc.health.v1 alone on a plaintext port, for probes that cannot speak TLS (the kubelet's gRPC probe)."""
+        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        bound = self.health_server.add_insecure_port(f"{self.settings.host}:{port}")
+        if bound == 0:
+            raise RuntimeError(f"could not bind health_port {self.settings.host}:{port}")
+        await self.health_server.start()
+        return bound
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        auth = self.settings.auth
+        token = auth.secret()
+        if token is None:
+            return []
+        prefix = f"/{self.service.service_name}/"
+
+        def denied(method: str) -> None:  # label only this service's methods: callers choose the name
+            rpc = method[len(prefix):] if method.startswith(prefix) else "other"
+            self.service.metrics.requests.labels(self.service.short_name, rpc, "UNAUTHENTICATED").inc()
+
+        return [TokenInterceptor(token, open_methods(auth), on_denied=denied)]
 
     async def _load(self) -> None:
         started = time.perf_counter()
@@ -155,6 +192,8 @@ class GrpcServer:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.close()
         self.service.metrics.close()
         log.info("stopped", extra={"service": self.service.short_name})

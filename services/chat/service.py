@@ -17,8 +17,6 @@ from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_CONVERSATION_ID = 128
-
 
 class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
     service_name = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
@@ -80,8 +78,9 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
     async def Reply(self, request: chat_pb2.ReplyRequest, context, timing: Timing):
         if not request.conversation_id.strip():
             raise InvalidArgument("conversation_id is required")
-        if len(request.conversation_id) > MAX_CONVERSATION_ID:
-            raise InvalidArgument(f"conversation_id is longer than {MAX_CONVERSATION_ID} characters")
+        if len(request.conversation_id) > self.settings.max_conversation_id_chars:
+            raise InvalidArgument(f"conversation_id is longer than {self.settings.max_conversation_id_chars} "
+                                  "characters (max_conversation_id_chars)")
         check_text(request.message, self.settings, "message")
         if self.kb is None:
             raise Unavailable("the knowledge base is not loaded")

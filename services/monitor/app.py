@@ -5,6 +5,8 @@ import logging
 import signal
 import threading
 
+from nlpsuite.shared.logs import failure
+
 from .aggregator import Aggregator
 from .config import MonitorSettings
 from .metrics import MonitorMetrics
@@ -25,7 +27,8 @@ class Monitor:
         self.metrics = MonitorMetrics()
         self.stop_event = threading.Event()
         self.sink = WebhookSink(settings.webhook_url, self.metrics, settings.webhook_retries,
-                                settings.webhook_timeout_s) if settings.webhook_url else None
+                                settings.webhook_timeout_s, capacity=settings.webhook_queue) \
+            if settings.webhook_url else None
         self.scorer = Scorer(settings, self.metrics, self.stop_event) if "score" in stages else None
         self.aggregator = Aggregator(settings, self.metrics, self.stop_event, self.sink) \
             if "aggregate" in stages else None
@@ -49,14 +52,15 @@ class Monitor:
         try:
             stage.run()
         except BaseException as exc:  # noqa: BLE001 - reported by stop()/run_forever
-            log.exception("stage %s failed", type(stage).__name__)
+            log.error("stage %s failed", type(stage).__name__, extra=failure(exc))
+            log.debug("stage failure detail", exc_info=True)  # the message may quote a news item
             self.errors.append(exc)
             self.stop_event.set()
         finally:
             try:
                 stage.close()
-            except Exception:  # noqa: BLE001
-                log.exception("closing %s", type(stage).__name__)
+            except Exception as exc:  # noqa: BLE001
+                log.error("closing %s failed", type(stage).__name__, extra=failure(exc))
 
     def stop(self, timeout_s: float = 90.0) -> None:
         self.stop_event.set()

@@ -10,24 +10,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nlpsuite.shared.config import ClientTlsSettings, ConfigError, describe_errors, one_of, secret_from
+
+
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSettings(BaseModel):
-    """How to reach the cluster. Everything kafka-python needs for TLS and SASL comes from here."""
+    """How to reach the cluster. Everything kafka-python needs for TLS and SASL comes from here.
+
+    Secrets (the SASL password, the key's password) are SecretStr, given inline or as `*_file` paths (a mounted
+    Kubernetes Secret), read when the client arguments are built. Combinations that cannot work are refused
+    when the settings are made (ConfigError through `load_monitor_settings`)."""
 
     bootstrap_servers: str = "localhost:9092"
     client_id: str = "nlpsuite-monitor"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
+    ssl_cafile: Path | None = None  # None: the system's trusted CAs
+    ssl_certfile: Path | None = None  # client certificate (mutual TLS), with ssl_keyfile
     ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
+    ssl_password: SecretStr | None = None  # of an encrypted ssl_keyfile
+    ssl_password_file: Path | None = None
     ssl_check_hostname: bool = True
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_mechanism: SaslMechanism | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: Path | None = None
     # Group and fetch timing: kafka-python's production defaults.
     session_timeout_ms: int = 45000
     heartbeat_interval_ms: int = 3000
@@ -37,8 +48,38 @@ class KafkaSettings(BaseModel):
     producer_linger_ms: int = 5
     producer_acks: Literal["all", "1", "0"] = "all"
 
+    @model_validator(mode="after")
+    def _check_security(self) -> "KafkaSettings":
+        one_of(self.ssl_password, self.ssl_password_file, "ssl_password")
+        one_of(self.sasl_plain_password, self.sasl_plain_password_file, "sasl_plain_password")
+        protocol = self.security_protocol
+        tls, sasl = protocol in ("SSL", "SASL_SSL"), protocol.startswith("SASL")
+        ssl_set = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_password_file")
+                   if getattr(self, n) is not None]
+        if ssl_set and not tls:
+            raise ValueError(f"{', '.join(ssl_set)} set but security_protocol is {protocol} (use SSL or SASL_SSL)")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (a client certificate needs its key)")
+        if (self.ssl_password is not None or self.ssl_password_file is not None) and self.ssl_keyfile is None:
+            raise ValueError("ssl_password is the password of ssl_keyfile, which is not set")
+        password = self.sasl_plain_password is not None or self.sasl_plain_password_file is not None
+        sasl_set = [n for n in ("sasl_mechanism", "sasl_plain_username") if getattr(self, n)]
+        sasl_set += ["sasl_plain_password"] if password else []
+        if sasl_set and not sasl:
+            raise ValueError(f"{', '.join(sasl_set)} set but security_protocol is {protocol} "
+                             "(use SASL_SSL, or SASL_PLAINTEXT)")
+        if sasl:
+            if self.sasl_mechanism is None:
+                raise ValueError(f"security_protocol {protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, "
+                                 "SCRAM-SHA-512)")
+            if not self.sasl_plain_username or not password:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_plain_username and "
+                                 "sasl_plain_password (or sasl_plain_password_file)")
+        return self
+
     def common(self) -> dict[str, Any]:
-        """Connection settings shared by consumers, producers and the admin client."""
+        """Connection settings shared by consumers, producers and the admin client. Reads the password files
+        and checks the certificate files (ConfigError naming the setting when one is missing)."""
         out: dict[str, Any] = {
             "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
             "client_id": self.client_id,
@@ -48,17 +89,21 @@ class KafkaSettings(BaseModel):
         if self.security_protocol in ("SSL", "SASL_SSL"):
             out["ssl_check_hostname"] = self.ssl_check_hostname
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-                value = getattr(self, name)
-                if value is not None:
-                    out[name] = str(value)
-            if self.ssl_password is not None:
-                out["ssl_password"] = self.ssl_password.get_secret_value()
+                path = getattr(self, name)
+                if path is not None:
+                    if not path.is_file():
+                        raise ConfigError(f"kafka.{name} {path} does not exist")
+                    out[name] = str(path)
+            password = secret_from(self.ssl_password, self.ssl_password_file, "kafka.ssl_password")
+            if password is not None:
+                out["ssl_password"] = password.get_secret_value()
         if self.security_protocol.startswith("SASL"):
-            out["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
-            if self.sasl_plain_username is not None:
-                out["sasl_plain_username"] = self.sasl_plain_username
-            if self.sasl_plain_password is not None:
-                out["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+            password = secret_from(self.sasl_plain_password, self.sasl_plain_password_file,
+                                   "kafka.sasl_plain_password")
+            assert password is not None  # _check_security
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_plain_username
+            out["sasl_plain_password"] = password.get_secret_value()
         return out
 
     def consumer(self, group_id: str | None, **extra: Any) -> dict[str, Any]:
@@ -132,6 +177,9 @@ class MonitorSettings(BaseSettings):
     topics: Topics = Field(default_factory=Topics)
     group_id: str = "nlpsuite-monitor"  # stage 1 uses this; stage 2 uses f"{group_id}.aggregate"
     sentiment_target: str = "localhost:50051"  # `nlpsuite serve sentiment` default port
+    sentiment_tls: ClientTlsSettings | None = None  # None: plaintext; see docs/security.md
+    sentiment_token: SecretStr | None = None  # the sentiment service's auth token, if it has one
+    sentiment_token_file: Path | None = None
     sentiment_timeout_s: float = 10.0
     sentiment_text: Literal["headline", "headline_body"] = "headline"
     retry_initial_s: float = 0.2
@@ -156,4 +204,23 @@ class MonitorSettings(BaseSettings):
     webhook_url: str | None = None
     webhook_retries: int = 5
     webhook_timeout_s: float = 5.0
+    webhook_queue: int = Field(10_000, ge=1)  # alerts waiting to be posted; beyond it they are counted and dropped
     rebuild_max_records: int = 1_000_000  # per partition; bounds how far back state is rebuilt
+
+    @model_validator(mode="after")
+    def _token(self) -> "MonitorSettings":
+        one_of(self.sentiment_token, self.sentiment_token_file, "sentiment_token")
+        return self
+
+    def sentiment_secret(self) -> SecretStr | None:
+        """The sentiment service's token (read from sentiment_token_file when that is set)."""
+        return secret_from(self.sentiment_token, self.sentiment_token_file, "sentiment_token")
+
+
+def load_monitor_settings(**overrides: Any) -> MonitorSettings:
+    """MonitorSettings from NLPSUITE_MONITOR_* variables (and overrides); ConfigError names the bad fields."""
+    try:
+        return MonitorSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid monitor configuration (NLPSUITE_MONITOR_* variables):\n"
+                          f"{describe_errors(exc)}") from None

@@ -25,6 +25,7 @@ import yaml
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
+from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
@@ -86,7 +87,8 @@ class Scorer:
         options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
                    ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
                    ("grpc.max_reconnect_backoff_ms", int(settings.retry_max_s * 1000))]
-        self.channel = grpc.insecure_channel(settings.sentiment_target, options=options)
+        self.channel = open_channel(settings.sentiment_target, settings.sentiment_tls, settings.sentiment_secret(),
+                                    options=options)
         self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
 
     # -- lifecycle -------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import grpc
+from pydantic import SecretStr
 
 from nlpsuite.shared.client import ServiceClient
+from nlpsuite.shared.config import ClientTlsSettings
+from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 
@@ -22,12 +24,12 @@ class SentimentClient(ServiceClient):
         return self.stub.AnalyzeStream(requests, timeout=timeout)
 
 
-
 class AsyncSentimentClient:
     """The same over grpc.aio, for asyncio programs (e.g. the Kafka monitor)."""
 
-    def __init__(self, target: str, timeout: float | None = 30.0) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, timeout: float | None = 30.0, *, tls: ClientTlsSettings | None = None,
+                 token: str | SecretStr | None = None) -> None:
+        self.channel = open_channel(target, tls, token, aio=True)
         self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
         self.timeout = timeout
 

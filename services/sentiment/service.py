@@ -10,6 +10,7 @@ import numpy as np
 
 from nlpsuite.shared.config import SentimentSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
+from nlpsuite.shared.logs import failure
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
 from nlpsuite.shared.validation import check_text, check_texts
@@ -89,8 +90,10 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                     request_id=item.request_id, error=f"{exc.code.name}: {exc}", model=self.model.info(),
                     timing=timing.proto())
                 status = exc.code.name
-            except Exception:  # noqa: BLE001 - one bad item must not end the stream
-                log.exception("stream item failed")
+            except Exception as exc:  # noqa: BLE001 - one bad item must not end the stream
+                log.error("stream item failed", extra={"service": self.short_name, "method": "AnalyzeStream",
+                                                       "request_id": item.request_id[:128], **failure(exc)})
+                log.debug("stream item failure detail", exc_info=True)  # the message may quote the text
                 reply = sentiment_pb2.AnalyzeStreamResponse(request_id=item.request_id, error="INTERNAL: internal error")
                 status = "INTERNAL"
             finally:

@@ -1,0 +1,216 @@
+"""Every configurable limit is enforced, each checked on a real server (or the real monitor part) set to a
+small value: requests past it are refused with the status and message that name it, state past it is evicted."""
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+
+from nlpsuite.services.chat.client import ChatClient
+from nlpsuite.services.chat.service import ChatService
+from nlpsuite.services.recommend.client import RecommendClient
+from nlpsuite.services.recommend.service import RecommendService
+from nlpsuite.services.sentiment.client import SentimentClient
+from nlpsuite.services.sentiment.service import SentimentService
+from nlpsuite.shared.config import ChatSettings, ModelSettings, RecommendSettings
+from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
+from tests.servers import ServerThread
+from tests.test_sentiment_service import settings_for
+
+
+def _refused(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
+
+
+def _invalid(call, *needles: str) -> None:
+    err = _refused(call)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    for needle in needles:
+        assert needle in err.details()
+
+
+def _model(version) -> ModelSettings:
+    return ModelSettings(name=version.manifest.name, repository=version.path.parent.parent)
+
+
+# -- sentiment: items, characters, message bytes (unary, stream, transport) -------------------------------
+
+@pytest.fixture(scope="module")
+def sentiment(built_classifier):
+    settings = settings_for(built_classifier, max_items=4, max_text_chars=1000, max_message_bytes=2048)
+    with ServerThread(SentimentService(settings)).start() as srv, SentimentClient(srv.target) as client:
+        yield srv, client
+
+
+def test_max_items(sentiment):
+    _, c = sentiment
+    assert len(c.analyze(["a"] * 4).results) == 4
+    _invalid(lambda: c.analyze(["a"] * 5), "texts has 5 items", "limit of 4")
+
+
+def test_max_text_chars(sentiment):
+    _, c = sentiment
+    assert c.analyze(["x" * 1000]).results
+    _invalid(lambda: c.analyze(["ok", "x" * 1001]), "texts[1] has 1001 characters", "limit of 1000")
+    replies = {r.request_id: r.error for r in c.analyze_stream([("long", "x" * 1001), ("ok", "fine")], timeout=30)}
+    assert "INVALID_ARGUMENT" in replies["long"] and "1001 characters" in replies["long"] and not replies["ok"]
+
+
+def test_max_message_bytes(sentiment):
+    srv, c = sentiment
+    _invalid(lambda: c.analyze(["x" * 900] * 3), "max_message_bytes", "2048")  # each text is within its limits
+    # A stream item: 1000 two-byte characters (within max_text_chars) plus its id pass 2048 bytes.
+    replies = {r.request_id: r.error for r in c.analyze_stream([("w" * 100, "é" * 1000)], timeout=30)}
+    assert "INVALID_ARGUMENT" in replies["w" * 100] and "2048" in replies["w" * 100]
+    # Far past the limit the transport refuses the message before any handler sees it.
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
+        err = _refused(lambda: stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["x" * 80_000]), timeout=10))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert c.analyze(["still up"]).results
+
+
+# -- recommend: candidates, history, embedding cache -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recommend(built_embedder):
+    settings = RecommendSettings(host="127.0.0.1", port=0, max_items=3, max_history=2, cache_size=4,
+                                 embedder=_model(built_embedder), ranker=None)
+    with ServerThread(RecommendService(settings)).start() as srv, RecommendClient(srv.target) as client:
+        yield srv, client
+
+
+def test_max_candidates_and_history(recommend):
+    _, c = recommend
+    user = c.user(history=["Alien (1979). Horror", "Heat (1995). Crime"])
+    assert len(c.score(user, [("a", "Up (2009)"), ("b", "Jaws (1975)"), ("c", "Big (1988)")]).items) == 3
+    _invalid(lambda: c.score(user, [(f"m{i}", f"Film {i}") for i in range(4)]), "candidates has 4 items", "limit of 3")
+    longer = c.user(history=["Alien (1979)", "Heat (1995)", "Up (2009)"])
+    _invalid(lambda: c.score(longer, [("a", "Big (1988)")]), "user.history has 3 items", "limit of 2")
+
+
+def test_embedding_cache_size(recommend):
+    srv, c = recommend
+    user = c.user(profile="space adventures")
+    for start in range(0, 12, 3):
+        c.score(user, [(f"id{i}", f"Catalogue film {i}") for i in range(start, start + 3)])
+        assert len(srv.service.cache) <= 4
+    assert len(srv.service.cache) == 4  # full, and no fuller
+    again = c.score(user, [("id0", "Catalogue film 0")])  # long evicted: embedded again
+    assert not again.items[0].cached
+
+
+# -- chat: conversations kept, turns kept, conversation id, items ------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat(built_intent, built_embedder):
+    settings = ChatSettings(host="127.0.0.1", port=0, intent_model=_model(built_intent),
+                            embedder=_model(built_embedder), max_conversations=2, context_turns=2, max_items=2,
+                            max_conversation_id_chars=16)
+    with ServerThread(ChatService(settings)).start() as srv, ChatClient(srv.target) as client:
+        yield srv, client
+
+
+def test_conversations_and_turns_kept(chat):
+    srv, c = chat
+    store = srv.service.conversations
+    assert [c.reply("a", "my card was stolen").turn for _ in range(3)] == [1, 2, 3]
+    assert len(store.get("a").turns) == 2  # context_turns: only the last two are kept (get: "a" stays oldest)
+    c.reply("b", "hello")
+    c.reply("c", "hello")
+    assert len(store) == 2
+    assert c.reply("a", "hello again").turn == 1  # the least recently used conversation was evicted
+
+
+def test_conversation_id_and_items(chat):
+    _, c = chat
+    assert c.reply("x" * 16, "hello").turn == 1
+    _invalid(lambda: c.reply("x" * 17, "hello"), "longer than 16", "max_conversation_id_chars")
+    assert len(c.classify_intent(["hello", "bye"]).predictions) == 2
+    _invalid(lambda: c.classify_intent(["a", "b", "c"]), "texts has 3 items", "limit of 2")
+
+
+# -- monitor: the webhook queue --------------------------------------------------------------------------------
+
+class _HeldReceiver(http.server.BaseHTTPRequestHandler):
+    release = threading.Event()
+    received: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.release.wait(30)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_webhook_queue():
+    from nlpsuite.services.monitor.app import Monitor
+    from nlpsuite.services.monitor.config import MonitorSettings
+    from nlpsuite.services.monitor.schema import Alert
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = datetime.now(timezone.utc)
+    alerts = [Alert(id=f"a{i}", rule="r", key_kind="entity", key="K", name="K", window_start=now, window_end=now,
+                    negatives=5, total=5, share=1.0, baseline=0.0, ratio=10.0, severity="high", triggered_by="n",
+                    triggered_event_time=now, headlines=[]) for i in range(4)]
+    try:
+        monitor = Monitor(MonitorSettings(webhook_url=f"http://127.0.0.1:{server.server_port}/hook",
+                                          webhook_queue=2, webhook_retries=0), stages=())
+        monitor.sink(alerts[0])
+        for _ in range(300):  # until the sender holds the first one (its POST is blocked in the receiver)
+            if _HeldReceiver.received:
+                break
+            time.sleep(0.05)
+        assert len(_HeldReceiver.received) == 1
+        for alert in alerts[1:]:
+            monitor.sink(alert)  # two fit in the queue, the third is dropped
+        assert monitor.metrics.webhook_failures._value.get() == 1
+        _HeldReceiver.release.set()
+        monitor.stop()
+        assert len(_HeldReceiver.received) == 3
+    finally:
+        _HeldReceiver.release.set()
+        server.shutdown()
+
+
+def test_monitor_batch_max():
+    import json
+    import threading as _threading
+
+    from kafka import KafkaProducer
+
+    from nlpsuite.services.monitor.broker import LocalBroker, create_topics
+    from nlpsuite.services.monitor.metrics import MonitorMetrics
+    from nlpsuite.services.monitor.scorer import Scorer
+    from tests.monitor_support import monitor_settings, unique_topics
+
+    topics = unique_topics("limits")
+    with LocalBroker() as broker:
+        create_topics(broker.bootstrap, topics.all(), partitions=1)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, allow_auto_create_topics=False)
+        for i in range(10):
+            producer.send(topics.news, value=json.dumps({"id": f"n{i}"}).encode())
+        producer.flush()
+        producer.close()
+        scorer = Scorer(monitor_settings(broker.bootstrap, topics, "127.0.0.1:1", batch_max=3), MonitorMetrics(),
+                        _threading.Event())
+        scorer.open()
+        try:
+            polls = []
+            deadline = time.monotonic() + 60
+            while sum(polls) < 10 and time.monotonic() < deadline:
+                records = scorer.consumer.poll(timeout_ms=500)
+                polls.append(sum(len(r) for r in records.values()))
+        finally:
+            scorer.close()
+    assert sum(polls) == 10 and max(polls) == 3
