@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -131,7 +132,8 @@ class Scorer:
     def _step(self, inflight: "deque[_Batch]") -> None:
         if len(inflight) < self.s.max_inflight:
             timeout = 5 if inflight else self.s.poll_timeout_ms
-            records = self.consumer.poll(timeout_ms=timeout)
+            with self._timed("poll"):
+                records = self.consumer.poll(timeout_ms=timeout)
             if self.listener.take_revoked() and inflight:
                 # A rebalance while batches are in flight: drop them and what this poll returned, and
                 # seek every partition still owned back to the earliest of those records.
@@ -141,9 +143,10 @@ class Scorer:
                 return
             try:
                 self.metrics.update_lag(self.consumer)
-                kept = self._align(records)
-                if kept:
-                    inflight.append(self._start(kept))
+                with self._timed("validate"):
+                    kept = self._align(records)
+                    if kept:
+                        inflight.append(self._start(kept))
             except KafkaError:
                 if records:
                     inflight.append(_Batch(records=records))  # so the caller's rewind covers them
@@ -316,6 +319,7 @@ class Scorer:
         topic = self.s.topics
         now_ms = int(time.time() * 1000)
         # Event-time order within the batch, so each key's records reach news.scored in time order.
+        t_publish = time.perf_counter()
         order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
         scored_ts: list[int | None] = []
         for i in order:
@@ -326,12 +330,15 @@ class Scorer:
                 futures.append(self.publisher.send(topic.scored, key=out.key.encode(),
                                                    value=out.model_dump_json().encode()))
             scored_ts.append(v.record.timestamp)
-        self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        self.metrics.score_loop.labels("publish").inc(time.perf_counter() - t_publish)
+        with self._timed("confirm"):
+            self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
         acked = time.time()
         if self._lost_partitions(records):
             raise BatchAbandoned("partitions were revoked before the commit")
         try:
-            self.consumer.commit(next_offsets(records))
+            with self._timed("commit"):
+                self.consumer.commit(next_offsets(records))
         except KafkaError as exc:  # e.g. a rebalance took the partitions: their new owner replays them
             raise BatchAbandoned(f"commit failed: {exc!r}") from None
         self.metrics.scored.inc(len(scored_ts))
@@ -357,7 +364,8 @@ class Scorer:
             return [], {}, 0.0
         try:
             try:
-                resp = batch.call.result()
+                with self._timed("wait_sentiment"):
+                    resp = batch.call.result()
                 elapsed = time.perf_counter() - batch.t0
                 self.metrics.sentiment_seconds.observe(elapsed)
             except grpc.RpcError as exc:
@@ -423,6 +431,14 @@ class Scorer:
                     raise BatchAbandoned("shutdown while the batch could not finish")
 
     _stop_deadline: float | None = None
+
+    @contextmanager
+    def _timed(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.score_loop.labels(phase).inc(time.perf_counter() - t0)
 
     def _lost_partitions(self, records: dict) -> bool:
         revoked = self.listener.revoked
