@@ -155,7 +155,12 @@ def server_batches(before: dict[str, float], after: dict[str, float]) -> str:
 def score_phases(monitor) -> str:
     samples = {s.labels["phase"]: s.value for s in monitor.metrics.score_loop.collect()[0].samples
                if s.name.endswith("_total")}
-    return "scoring thread wall time by phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(samples.items()))
+    calls = monitor.metrics.sentiment_seconds._sum.get(), sum(
+        b.get() for b in monitor.metrics.sentiment_seconds._buckets)
+    consumed = monitor.metrics.consumed.labels(monitor.s.topics.news)._value.get()
+    return (f"monitor: {calls[1]:.0f} sentiment calls for {consumed:.0f} news consumed (mean "
+            f"{consumed / max(calls[1], 1):.0f} per call, mean call {calls[0] / max(calls[1], 1) * 1000:.0f} ms); "
+            "scoring thread wall time by phase: ") + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(samples.items()))
 
 
 def pct(values, q):
@@ -192,10 +197,12 @@ def main() -> int:
     ap.add_argument("--align-s", type=float, default=3600.0,
                     help="event-time alignment between news partitions (the replay compresses time ~2000x)")
     ap.add_argument("--cores", type=float, default=2.0, help="cores of the target machine, for the CPU ceiling")
+    ap.add_argument("--max-inflight", type=int, default=None, help="sentiment calls in flight (default: settings)")
     ap.add_argument("--drain-only", action="store_true", help="skip the latency phase")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs visible")
 
+    tuning = {} if args.max_inflight is None else {"max_inflight": args.max_inflight}
     tmp = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     stream = tmp / "news.jsonl"
     n = make_stream(args.copies, stream)
@@ -213,7 +220,7 @@ def main() -> int:
             topics = unique_topics("bench-tp")
             broker.create_topics(topics.all(), args.partitions)
             settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
-                                        align_s=args.align_s)
+                                        align_s=args.align_s, **tuning)
             meter = CpuMeter(pids).start()
             replay(stream, topics.news, settings.kafka)
             produce_cpu = meter.stop()
@@ -255,7 +262,7 @@ def main() -> int:
             topics = unique_topics("bench-lat")
             broker.create_topics(topics.all(), args.partitions)
             settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
-                                        align_s=args.align_s)
+                                        align_s=args.align_s, **tuning)
             monitor = Monitor(settings).start()
             sent_at: dict[str, float] = {}
             try:
