@@ -247,7 +247,8 @@ def main() -> int:
             span = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else float("nan")
             throughput = len(got) / span if span else float("nan")
             print(f"throughput: {len(got)}/{n} news scored in {span:.2f} s of draining -> {throughput:.0f} news/s "
-                  f"(load average {load0:.1f} -> {load1:.1f})")
+                  f"(load average {load0:.1f} -> {load1:.1f}); {len(monitor.aggregator.published)} alerts, "
+                  f"{monitor.metrics.late._value.get():.0f} late items dropped")
             drain_cpu["monitor (this process)"] = drain_cpu.pop("this process (all threads)")
             ceiling = print_cpu_table("CPU budget while draining", drain_cpu, n, args.cores)
             print(f"  {server_batches(batches0, batches1)}")
@@ -287,7 +288,8 @@ def main() -> int:
             scored_lat = [v for v in monitor.metrics.publish_to_scored.collect()[0].samples if v.name.endswith("_sum")]
             count = monitor.metrics.publish_to_scored._count.get() if hasattr(monitor.metrics.publish_to_scored, "_count") else 0
             print(f"latency phase: {n} news at {args.rate:.0f}/s (produced in {produce_s:.1f} s), {len(got)} scored, "
-                  f"{len(alerts)} alerts ({sum(1 for a, _ in alerts if a['key'] == 'MWCH')} for MWCH)")
+                  f"{len(alerts)} alerts ({sum(1 for a, _ in alerts if a['key'] == 'MWCH')} for MWCH), "
+                  f"{monitor.metrics.late._value.get():.0f} late items dropped")
             if lat:
                 print(f"publish-to-alert latency over {len(lat)} alerts: p50 {pct(lat, 50) * 1000:.0f} ms, "
                       f"p95 {pct(lat, 95) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "

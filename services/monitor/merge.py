@@ -66,7 +66,8 @@ class EventTimeMerge:
         the buffers). A partition whose buffer is empty but which may have records not fetched yet bounds the
         release: nothing more than `align_s` after its last fetched record (a lower bound of its next one)
         leaves. The oldest buffered record is always within that bound or waits only for such a partition's
-        fetch, so this cannot stall. Records whose time does not parse leave as soon as they head their buffer."""
+        fetch, so this cannot stall while the caller keeps polling. Records whose time does not parse leave as
+        soon as they head their buffer."""
         limit = math.inf
         if self.align_s > 0:
             for tp in assignment:
@@ -90,10 +91,13 @@ class EventTimeMerge:
 
     def _bound(self, tp, has_more: Callable[[object], bool]) -> float:
         """How far (event time) records may run ahead because of this partition: unbounded while it has
-        records buffered (the merge orders them) or nothing left to fetch, or was never seen (nothing to
-        compare with; all partitions are fetched in parallel)."""
-        if self.buffers.get(tp) or tp not in self.fetched_time or not has_more(tp):
+        records buffered (the merge orders them) or nothing left to fetch; nothing may leave while it may hold
+        records but none was fetched yet (they could be the oldest: this is what keeps a restart with a backlog
+        in order); otherwise `align_s` past its last fetched record."""
+        if self.buffers.get(tp) or not has_more(tp):
             return math.inf
+        if tp not in self.fetched_time:
+            return -math.inf
         return self.fetched_time[tp] + self.align_s
 
     def first_offsets(self) -> dict:

@@ -163,12 +163,25 @@ class Scorer:
                 inflight.appendleft(batch)
                 self._abandon(inflight, "a batch could not finish")
 
+    def _undrained(self) -> set:
+        """Partitions with a fetch response that kafka-python holds unparsed. It updates a partition's
+        high-water mark only when poll() parses the response, so until then the partition looks caught up.
+        Private state of kafka-python 3.0.12 (pinned); if it moves, this returns nothing and the merge falls
+        back to the high-water marks alone."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        try:
+            return {c.topic_partition for c in list(getattr(fetcher, "_completed_fetches", ()))}
+        except Exception:  # noqa: BLE001 - best effort
+            return set()
+
     def _forget(self, revoked) -> None:
         # Not committed; after the rebalance the partitions' owners resume at the committed offsets.
         self.merge.drop(revoked)
 
     def _has_more(self, tp) -> bool:
-        """Whether the partition may have records not fetched yet (unknown counts as yes)."""
+        """Whether the partition may have records not handed out by poll() yet (unknown counts as yes)."""
+        if tp in self._undrained():
+            return True  # a fetch response poll() has not parsed yet: its high-water mark is not known yet
         high = self.consumer.highwater(tp)
         if high is None:
             return True
