@@ -274,9 +274,15 @@ def main() -> int:
                     time.sleep(0.1)
                 time.sleep(1.0)
                 t0 = time.perf_counter()
+                meter = CpuMeter(pids).start()
                 replay(stream, topics.news, settings.kafka, rate=args.rate,
                        on_sent=lambda line, ts: sent_at.__setitem__(json.loads(line)["id"], ts))
                 produce_s = time.perf_counter() - t0
+                deadline = time.monotonic() + 600
+                while monitor.metrics.scored._value.get() < n and time.monotonic() < deadline and not monitor.errors:
+                    time.sleep(0.2)
+                live_cpu = meter.stop()
+                live_cpu["monitor + producer (this process)"] = live_cpu.pop("this process (all threads)")
                 got = wait_all(broker.bootstrap, topics.scored, n, timeout_s=600, monitor=monitor)
                 time.sleep(2)
                 alerts = [(json.loads(r.value), r.timestamp) for r in read_topic(broker.bootstrap, topics.alerts)]
@@ -284,6 +290,8 @@ def main() -> int:
                            for r in read_topic(broker.bootstrap, topics.news, min_count=n)}
             finally:
                 monitor.stop()
+            print_cpu_table(f"CPU budget in the latency phase (live stream at {args.rate:.0f}/s)", live_cpu, n, args.cores)
+            print(f"  {score_phases(monitor)}")
             lat = [(ts - news_ts[a["triggered_by"]]) / 1000 for a, ts in alerts if a["triggered_by"] in news_ts]
             scored_lat = [v for v in monitor.metrics.publish_to_scored.collect()[0].samples if v.name.endswith("_sum")]
             count = monitor.metrics.publish_to_scored._count.get() if hasattr(monitor.metrics.publish_to_scored, "_count") else 0
