@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class SentimentProcess:
-    def __init__(self, repository: Path, port: int, log_file: Path | None = None):
+    def __init__(self, repository: Path, port: int, log_file: Path | None = None, env: dict[str, str] | None = None):
         self.repository, self.port, self.log_file = repository, port, log_file
+        self.extra_env = env or {}  # more NLPSUITE_SENTIMENT__* settings (e.g. the benchmark's metrics port)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -33,7 +34,7 @@ class SentimentProcess:
             "NLPSUITE_SENTIMENT__HOST": "127.0.0.1", "NLPSUITE_SENTIMENT__PORT": str(self.port),
             "NLPSUITE_SENTIMENT__MODEL__NAME": "sentiment",
             "NLPSUITE_SENTIMENT__MODEL__REPOSITORY": str(self.repository), "NLPSUITE_SENTIMENT__GRACE_S": "2",
-        }
+        } | self.extra_env
         self.proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment"], cwd=ROOT,
                                      env=env, stdout=out, stderr=out)
         from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -188,6 +188,7 @@ class MonitorSettings(BaseSettings):
     batch_max: int = 256
     align_s: float = 60.0  # event-time skew allowed between news partitions with a backlog (0: off)
     max_inflight: int = 2  # sentiment calls in flight (batches are still committed strictly in order)
+    buffer_max: int = 2048  # per news partition: polled records held for the event-time merge
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024
     max_headline_chars: int = 1000

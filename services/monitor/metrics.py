@@ -36,6 +36,10 @@ class MonitorMetrics:
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.sentiment_seconds = Histogram("nlpsuite_monitor_sentiment_call_seconds", "sentiment batch call",
                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.score_loop = Counter("nlpsuite_monitor_score_loop_seconds_total",
+                                  "wall time of the scoring thread by phase (poll, validate, wait_sentiment, "
+                                  "publish, confirm, commit): where it waits and where it works", ["phase"],
+                                  registry=r)
         self._lag_at: dict[int, float] = {}
         self.rebuilt = Counter("nlpsuite_monitor_rebuilt_records_total",
                                "records re-read from the log to rebuild window state", registry=r)

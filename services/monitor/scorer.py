@@ -12,13 +12,12 @@ partitions are paused meanwhile so the consumer stays in its group) and nothing 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import grpc
 import yaml
@@ -30,6 +29,7 @@ from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
 from .delivery import Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets
+from .merge import EventTimeMerge
 from .metrics import MonitorMetrics
 from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
 
@@ -79,7 +79,8 @@ class Scorer:
         self.shutdown_grace_s = settings.shutdown_grace_s
         self.tickers = load_ticker_names(settings.watchlist)
         self.listener = Listener(on_revoked=self._forget)
-        self.next_time: dict = {}  # partition -> event time (or a lower bound) of its next record
+        # polled records wait here until the event-time merge releases them into a batch
+        self.merge = EventTimeMerge(settings.align_s, max_buffered=settings.buffer_max)
         self.consumer: KafkaConsumer | None = None
         self.publisher: Publisher | None = None
         self.seen_ids: OrderedDict[str, bytes] = OrderedDict()  # news id -> digest of its content (LRU)
@@ -107,8 +108,9 @@ class Scorer:
         self.channel.close()
 
     def run(self) -> None:
-        """Poll, start the sentiment call of each batch at once (up to `max_inflight` in flight, so the service
-        works while this thread publishes and commits), and finish batches strictly in poll order."""
+        """Poll into the event-time merge buffers, release a batch from them and start its sentiment call at
+        once (up to `max_inflight` in flight, so the service works while this thread publishes and commits),
+        and finish batches strictly in the order they were started."""
         assert self.consumer is not None
         inflight: deque[_Batch] = deque()
         backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
@@ -133,7 +135,8 @@ class Scorer:
     def _step(self, inflight: "deque[_Batch]") -> None:
         if len(inflight) < self.s.max_inflight:
             timeout = 5 if inflight else self.s.poll_timeout_ms
-            records = self.consumer.poll(timeout_ms=timeout)
+            with self._timed("poll"):
+                records = self.consumer.poll(timeout_ms=timeout)
             if self.listener.take_revoked() and inflight:
                 # A rebalance while batches are in flight: drop them and what this poll returned, and
                 # seek every partition still owned back to the earliest of those records.
@@ -143,9 +146,15 @@ class Scorer:
                 return
             try:
                 self.metrics.update_lag(self.consumer)
-                kept = self._align(records)
-                if kept:
-                    inflight.append(self._start(kept))
+                with self._timed("validate"):
+                    for tp, offset in self.merge.add(records).items():
+                        self.consumer.seek(tp, offset)  # buffer full: fetch the rest again later
+                    # Grow batches while the service is busy and records keep coming; release at once when it
+                    # is idle or the poll came back empty (caught up: latency first).
+                    if not inflight or not records or len(self.merge) >= self.s.batch_max:
+                        kept = self.merge.take(self.s.batch_max, self.consumer.assignment(), self._has_more)
+                        if kept:
+                            inflight.append(self._start(kept))
             except KafkaError:
                 if records:
                     inflight.append(_Batch(records=records))  # so the caller's rewind covers them
@@ -156,75 +165,33 @@ class Scorer:
                 inflight.appendleft(batch)
                 self._abandon(inflight, "a batch could not finish")
 
-    def _forget(self, revoked) -> None:
-        for tp in revoked:
-            self.next_time.pop(tp, None)
+    def _undrained(self) -> set:
+        """Partitions with a fetch response that kafka-python holds unparsed. It updates a partition's
+        high-water mark only when poll() parses the response, so until then the partition looks caught up.
+        Private state of kafka-python 3.0.12 (pinned); if it moves, this returns nothing and the merge falls
+        back to the high-water marks alone."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        try:
+            return {c.topic_partition for c in list(getattr(fetcher, "_completed_fetches", ()))}
+        except Exception:  # noqa: BLE001 - best effort
+            return set()
 
-    def _lag(self, tp) -> int | None:
+    def _forget(self, revoked) -> None:
+        # Not committed; after the rebalance the partitions' owners resume at the committed offsets.
+        self.merge.drop(revoked)
+
+    def _has_more(self, tp) -> bool:
+        """Whether the partition may have records not handed out by poll() yet (unknown counts as yes)."""
+        if tp in self._undrained():
+            return True  # a fetch response poll() has not parsed yet: its high-water mark is not known yet
         high = self.consumer.highwater(tp)
         if high is None:
-            return None
+            return True
         try:
             pos = self.consumer.position(tp, timeout_ms=50)
         except Exception:  # noqa: BLE001
-            return None
-        return None if pos is None else high - pos
-
-    def _align(self, records: dict) -> dict:
-        """Event-time alignment across the `news` partitions this instance reads (as Kafka Streams picks the
-        partition with the oldest record). With a backlog (after a restart or an outage) one poll can return
-        hours of one partition before any of another, and the windows downstream would see the others' items
-        as late. So records more than `align_s` (event time) ahead of the next record of the slowest partition
-        that still has records waiting are put back: cut from the batch, and their partition is rewound (seek)
-        to the first one cut, to be fetched again later. Caught-up partitions never hold the others back, so in
-        steady state nothing is cut. (seek rather than pause: kafka-python 3.0.12 can leave a paused
-        partition's parked records stuck after resume().)
-
-        `next_time[tp]` is the event time of the partition's next record, or a lower bound of it (the last
-        record taken: a partition's items are in time order). The partition with the smallest one always
-        gets its records through, so this cannot stall."""
-        if not records:
-            return records
-        times = {tp: [_event_time(r.value) for r in recs] for tp, recs in records.items()}
-        for tp, ts in times.items():
-            first = next((t for t in ts if t is not None), None)
-            if first is not None:
-                self.next_time[tp] = first
-        if self.s.align_s <= 0:
-            return records
-        waiting = []
-        for tp in self.consumer.assignment():
-            if tp not in self.next_time:
-                continue  # never seen: nothing to compare with (all partitions are fetched in parallel)
-            lag = self._lag(tp)
-            if tp in records or lag is None or lag > 0:
-                waiting.append(self.next_time[tp])
-        if not waiting:
-            return records
-        limit = min(waiting) + self.s.align_s
-        kept = {}
-        for tp, recs in records.items():
-            ts = times[tp]
-            cut = next((i for i, t in enumerate(ts) if t is not None and t > limit), None)
-            if cut is None:
-                kept[tp] = recs
-                last = next((t for t in reversed(ts) if t is not None), None)
-                if last is not None:
-                    self.next_time[tp] = last
-                continue
-            self.consumer.seek(tp, recs[cut].offset)
-            self.next_time[tp] = ts[cut]
-            if cut:
-                kept[tp] = recs[:cut]
-        return kept
-
-    def process(self, records: dict) -> bool:
-        """Handle one polled batch end to end (no pipelining); True when its offsets were committed."""
-        batch = self._start(records)
-        if self._finish(batch):
             return True
-        self._abandon(deque([batch]), "the batch could not finish")
-        return False
+        return pos is None or high > pos
 
     # -- one batch -------------------------------------------------------------------------------------
     def _start(self, records: dict) -> "_Batch":
@@ -298,10 +265,12 @@ class Scorer:
     def _abandon(self, inflight: "deque[_Batch]", why: str) -> None:
         """Drop these batches (a failed one and those started after it) and seek each partition still owned back
         to the earliest offset among them, so nothing in them is skipped."""
-        if not inflight:
+        starts: dict = self.merge.first_offsets()  # buffered records come after those in flight; both go back
+        self.merge.clear()
+        if not inflight and not starts:
             return
-        log.warning("dropping %d batch(es) in flight (%s); their records will be redelivered", len(inflight), why)
-        starts: dict = {}
+        log.warning("dropping %d batch(es) in flight and %d buffered partition(s) (%s); their records will be "
+                    "redelivered", len(inflight), len(starts), why)
         while inflight:
             batch = inflight.popleft()
             if batch.call is not None:
@@ -318,6 +287,7 @@ class Scorer:
         topic = self.s.topics
         now_ms = int(time.time() * 1000)
         # Event-time order within the batch, so each key's records reach news.scored in time order.
+        t_publish = time.perf_counter()
         order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
         scored_ts: list[int | None] = []
         for i in order:
@@ -328,12 +298,15 @@ class Scorer:
                 futures.append(self.publisher.send(topic.scored, key=out.key.encode(),
                                                    value=out.model_dump_json().encode()))
             scored_ts.append(v.record.timestamp)
-        self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        self.metrics.score_loop.labels("publish").inc(time.perf_counter() - t_publish)
+        with self._timed("confirm"):
+            self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
         acked = time.time()
         if self._lost_partitions(records):
             raise BatchAbandoned("partitions were revoked before the commit")
         try:
-            self.consumer.commit(next_offsets(records))
+            with self._timed("commit"):
+                self.consumer.commit(next_offsets(records))
         except KafkaError as exc:  # e.g. a rebalance took the partitions: their new owner replays them
             raise BatchAbandoned(f"commit failed: {exc!r}") from None
         self.metrics.scored.inc(len(scored_ts))
@@ -359,7 +332,8 @@ class Scorer:
             return [], {}, 0.0
         try:
             try:
-                resp = batch.call.result()
+                with self._timed("wait_sentiment"):
+                    resp = batch.call.result()
                 elapsed = time.perf_counter() - batch.t0
                 self.metrics.sentiment_seconds.observe(elapsed)
             except grpc.RpcError as exc:
@@ -426,6 +400,14 @@ class Scorer:
 
     _stop_deadline: float | None = None
 
+    @contextmanager
+    def _timed(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.score_loop.labels(phase).inc(time.perf_counter() - t0)
+
     def _lost_partitions(self, records: dict) -> bool:
         revoked = self.listener.revoked
         assignment = self.consumer.assignment()
@@ -463,12 +445,3 @@ class _Invalid(Exception):
 def _model(resp) -> dict[str, str]:
     m = resp.model
     return {"name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider}
-
-
-def _event_time(value: bytes | None) -> float | None:
-    """published_at of a raw news value, for alignment only (None when it does not parse; validation decides)."""
-    try:
-        data = json.loads(value)
-        return datetime.fromisoformat(str(data["published_at"]).replace("Z", "+00:00")).timestamp()
-    except Exception:  # noqa: BLE001
-        return None
