@@ -17,6 +17,7 @@ from nlpsuite.shared.config import ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.serving import ServedModel, Timing
+from nlpsuite.shared.wire import MalformedRequest
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def unary(method: str, field: str):
             timing = Timing(time.perf_counter())
             code = "OK"
             try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidArgument(str(request))
                 self.check_size(request, field)
                 return await fn(self, request, context, timing)
             except ServiceError as exc:

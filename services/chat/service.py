@@ -12,6 +12,7 @@ from nlpsuite.shared.config import ChatSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 
@@ -38,7 +39,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         return [self.intents, self.embedder]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
+        add_servicer(chat_pb2_grpc.add_ChatServiceServicer_to_server, self, server)
 
     async def load(self) -> None:
         self.kb = KnowledgeBase.load(self.settings.knowledge_base)

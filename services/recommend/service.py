@@ -14,6 +14,7 @@ from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.model_repo import ModelRepository
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_items, check_text
 from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
 
@@ -39,7 +40,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         return [self.embedder]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(self, server)
+        add_servicer(recommend_pb2_grpc.add_RecommendServiceServicer_to_server, self, server)
 
     async def load(self) -> None:
         r = self.settings.ranker
