@@ -98,6 +98,7 @@ class DynamicBatcher:
         self._closed = True
         self.submitted = 0  # texts ever queued
         self.batches = 0  # batches ever run
+        self._running = 0  # batches on a worker thread now
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,6 +124,16 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    async def drain(self, timeout: float) -> None:
+        """Run every queued text and let running batches finish (up to `timeout` s), then stop.
+
+        A hot reload retires the replaced version's batcher this way: nothing new is queued on it by then.
+        """
+        end = time.monotonic() + timeout
+        while (self._by_arrival or self._running) and time.monotonic() < end:
+            await asyncio.sleep(0.005)
+        await self.stop()
 
     @property
     def depth(self) -> int:
@@ -244,14 +255,22 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
         self.batches += 1
+        self._running += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch])
+        except asyncio.CancelledError:  # stop() while this batch ran: its callers must not wait forever
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(BatcherClosedError("the server is shutting down"))
+            raise
         except Exception as exc:  # noqa: BLE001 - the batch's callers get the error; the batcher lives on
             log.exception("batch inference failed", extra={"model": self.name, "batch_size": len(batch)})
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self._running -= 1
         finished = time.monotonic()
         inference_us = int((finished - started) * 1e6)
         longest = max(item.length for item in batch)

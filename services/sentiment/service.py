@@ -28,7 +28,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         super().__init__(settings)
         self.settings: SentimentSettings = settings
         self.model = ServedModel(settings.model, settings.batch, settings.max_tokens, settings.reject_overlong,
-                                 self.metrics)
+                                 self.metrics, task="classify")
         self.watchlist: Watchlist | None = None
 
     def models(self):
@@ -40,9 +40,6 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
     async def load(self) -> None:
         self.watchlist = Watchlist.load(self.settings.watchlist)
         await super().load()
-        if self.model.model is not None and self.model.model.manifest.task != "classify":
-            raise ValueError(f"sentiment model {self.settings.model.name} is a "
-                             f"{self.model.model.manifest.task!r} model, not a classifier")
 
     def _result(self, text: str, probs: np.ndarray, truncated: bool) -> sentiment_pb2.SentimentResult:
         labels = self.model.labels
@@ -64,7 +61,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         result = await self.model.infer(texts, timing, deadline_of(context))
         return sentiment_pb2.AnalyzeResponse(
             results=[self._result(t, p, tr) for t, p, tr in zip(texts, result.outputs, result.truncated)],
-            model=self.model.info(), timing=timing.proto(),
+            model=result.model, timing=timing.proto(),
         )
 
     async def AnalyzeStream(self, request_iterator, context):
@@ -86,7 +83,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 result = await self.model.infer([item.text], timing, deadline_of(context))
                 reply = sentiment_pb2.AnalyzeStreamResponse(
                     request_id=request_id, result=self._result(item.text, result.outputs[0], result.truncated[0]),
-                    model=self.model.info(), timing=timing.proto())
+                    model=result.model, timing=timing.proto())
                 status = "OK"
             except ServiceError as exc:
                 reply = sentiment_pb2.AnalyzeStreamResponse(
