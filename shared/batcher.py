@@ -22,6 +22,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[list[int]]], np.ndarray]
+RATE_SMOOTHING = 0.2  # weight of the newest batch in the texts-per-second estimate
+RATE_MIN_BATCHES = 8  # batches seen before the estimate is trusted for shedding
 
 
 class QueueFullError(RuntimeError):
@@ -99,6 +101,8 @@ class DynamicBatcher:
         self.submitted = 0  # texts ever queued
         self.batches = 0  # batches ever run
         self._running = 0  # batches on a worker thread now
+        self._rate: float = 0.0  # texts per second one worker gets through (moving average over batches)
+        self._rated_batches = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,6 +143,12 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._by_arrival)
 
+    def expected_wait_s(self, extra: int = 0) -> float | None:
+        """Seconds until the queue and `extra` more texts would be through, at the measured rate (None: unknown)."""
+        if self._rated_batches < RATE_MIN_BATCHES or self._rate <= 0:
+            return None
+        return (self.depth + extra) / (self._rate * self.workers)
+
     # -- submitting ------------------------------------------------------------------------------------
     def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[asyncio.Future]:
         """Queue texts (all or none: a full queue raises QueueFullError). `deadline` is time.monotonic()-based."""
@@ -146,8 +156,14 @@ class DynamicBatcher:
             raise BatcherClosedError("the model is not loaded or is shutting down")
         if self.depth + len(ids) > self.capacity:
             raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
+        if deadline is not None and self.depth:
+            # Shed now what could only time out in the queue: the caller can retry elsewhere at once.
+            wait = self.expected_wait_s(len(ids))
+            if wait is not None and now + wait > deadline:
+                raise QueueFullError(f"{self.depth} texts waiting: expected wait {wait:.3f} s is beyond the "
+                                     f"deadline ({max(0.0, deadline - now):.3f} s left)")
+        loop = asyncio.get_running_loop()
         futures = []
         for seq_ids in ids:
             item = _Item(next(self._seq), list(seq_ids), now, deadline, loop.create_future())
@@ -272,6 +288,9 @@ class DynamicBatcher:
         finally:
             self._running -= 1
         finished = time.monotonic()
+        rate = len(batch) / max(finished - started, 1e-6)
+        self._rate = rate if self._rated_batches == 0 else (1 - RATE_SMOOTHING) * self._rate + RATE_SMOOTHING * rate
+        self._rated_batches += 1
         inference_us = int((finished - started) * 1e6)
         longest = max(item.length for item in batch)
         if self._on_batch is not None:
