@@ -152,17 +152,8 @@ class DynamicBatcher:
     # -- submitting ------------------------------------------------------------------------------------
     def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[asyncio.Future]:
         """Queue texts (all or none: a full queue raises QueueFullError). `deadline` is time.monotonic()-based."""
-        if self._closed:
-            raise BatcherClosedError("the model is not loaded or is shutting down")
-        if self.depth + len(ids) > self.capacity:
-            raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
+        self.admit(len(ids), deadline)
         now = time.monotonic()
-        if deadline is not None and self.depth:
-            # Shed now what could only time out in the queue: the caller can retry elsewhere at once.
-            wait = self.expected_wait_s(len(ids))
-            if wait is not None and now + wait > deadline:
-                raise QueueFullError(f"{self.depth} texts waiting: expected wait {wait:.3f} s is beyond the "
-                                     f"deadline ({max(0.0, deadline - now):.3f} s left)")
         loop = asyncio.get_running_loop()
         futures = []
         for seq_ids in ids:
@@ -175,6 +166,20 @@ class DynamicBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return futures
+
+    def admit(self, n: int, deadline: float | None = None) -> None:
+        """Raise now if `n` more texts would be refused: callers check before paying for tokenization."""
+        if self._closed:
+            raise BatcherClosedError("the model is not loaded or is shutting down")
+        if self.depth + n > self.capacity:
+            raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
+        if deadline is not None and self.depth:
+            # Shed now what could only time out in the queue: the caller can retry elsewhere at once.
+            wait = self.expected_wait_s(n)
+            now = time.monotonic()
+            if wait is not None and now + wait > deadline:
+                raise QueueFullError(f"{self.depth} texts waiting: expected wait {wait:.3f} s is beyond the "
+                                     f"deadline ({max(0.0, deadline - now):.3f} s left)")
 
     async def submit(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[ItemResult]:
         futures = self.submit_many(ids, deadline)

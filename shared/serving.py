@@ -291,10 +291,11 @@ class ServedModel:
         active = self._active  # one version for the whole request, even if a reload swaps meanwhile
         if active is None:
             raise Unavailable(f"model {self.settings.name} is not loaded")
-        t0 = time.perf_counter()
-        ids, truncated = self._tokenize(active.model, texts)
-        timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
         try:
+            active.batcher.admit(len(texts), deadline)  # shed before paying for tokenization
+            t0 = time.perf_counter()
+            ids, truncated = self._tokenize(active.model, texts)
+            timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
             results = await active.batcher.submit(ids, deadline)
         except QueueFullError as exc:
             raise Overloaded(f"{self.settings.name}: {exc}; retry later") from None
