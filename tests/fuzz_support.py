@@ -28,6 +28,8 @@ MAX_ITEMS = 64
 MAX_TEXT_CHARS = 5_000
 MAX_MESSAGE_BYTES = 256 * 1024
 
+PREBUILT = os.environ.get("NLPSUITE_FUZZ_MODELS")  # a repository with tiny, tiny-embed, tiny-intent: skip building
+
 CASES: Counter[str] = Counter()  # examples run per RPC (typed and raw), printed by each module at the end
 
 ADVERSARIAL = [
@@ -190,3 +192,12 @@ def probabilities_ok(scores: list[float], tolerance: float = 1e-3) -> bool:
 
 def model_info_ok(info) -> bool:
     return bool(info.name and info.version and info.variant and info.provider)
+
+
+def model_version(request, fixture: str, name: str):
+    """The conftest fixture's model, or the same-named one from NLPSUITE_FUZZ_MODELS (long runs reuse it)."""
+    if PREBUILT:
+        from nlpsuite.shared.model_repo import ModelRepository
+
+        return ModelRepository(PREBUILT).resolve(name)
+    return request.getfixturevalue(fixture)

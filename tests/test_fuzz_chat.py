@@ -23,10 +23,20 @@ def model_settings(version) -> ModelSettings:
 
 
 @pytest.fixture(scope="module")
-def server(built_intent, built_embedder):
+def intent_version(request):
+    return fz.model_version(request, "built_intent", "tiny-intent")
+
+
+@pytest.fixture(scope="module")
+def embedder_version(request):
+    return fz.model_version(request, "built_embedder", "tiny-embed")
+
+
+@pytest.fixture(scope="module")
+def server(intent_version, embedder_version):
     settings = ChatSettings(host="127.0.0.1", port=0, max_items=fz.MAX_ITEMS, max_text_chars=fz.MAX_TEXT_CHARS,
                             max_message_bytes=fz.MAX_MESSAGE_BYTES, top_k=TOP_K, max_conversations=500,
-                            intent_model=model_settings(built_intent), embedder=model_settings(built_embedder))
+                            intent_model=model_settings(intent_version), embedder=model_settings(embedder_version))
     with ServerThread(ChatService(settings)).start() as srv:
         yield srv
     print(f"\nfuzz cases run: {dict(fz.CASES)}")
@@ -39,8 +49,8 @@ def channel(server):
 
 
 @pytest.fixture(scope="module")
-def labels(built_intent):
-    return list(built_intent.manifest.labels)
+def labels(intent_version):
+    return list(intent_version.manifest.labels)
 
 
 def check_classify(response: chat_pb2.ClassifyIntentResponse, n: int, labels: list[str]) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 
 import grpc
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from nlpsuite.services.recommend.scoring import Ranker
 from nlpsuite.services.recommend.service import RecommendService
@@ -25,25 +25,30 @@ FEATURES = ["popularity", "price"]
 
 
 @pytest.fixture(scope="module")
-def ranker_repo(tmp_path_factory, built_embedder):
+def embedder_version(request):
+    return fz.model_version(request, "built_embedder", "tiny-embed")
+
+
+@pytest.fixture(scope="module")
+def ranker_repo(tmp_path_factory, embedder_version):
     """A published combiner that weighs text match and two numeric features."""
     staged = tmp_path_factory.mktemp("ranker-staged")
     write_manifest(staged, Manifest(name="recommender", task="recommend", base_checkpoint="(combiner only)",
                                     base_checkpoint_sha256=""))
     Ranker(features=["text_match", "liked_match", *FEATURES], mean=[0.1, 0.1, 50.0, 10.0], std=[0.2, 0.2, 30.0, 5.0],
            weights=[1.5, 0.5, 0.8, -0.3], bias=0.1,
-           embedder={"name": built_embedder.manifest.name}).save(staged)
+           embedder={"name": embedder_version.manifest.name}).save(staged)
     repo = tmp_path_factory.mktemp("ranker-repo")
     ModelRepository(repo).publish(staged, "recommender")
     return repo
 
 
 @pytest.fixture(scope="module")
-def server(built_embedder, ranker_repo):
+def server(embedder_version, ranker_repo):
     settings = RecommendSettings(
         host="127.0.0.1", port=0, max_items=fz.MAX_ITEMS, max_history=32, max_text_chars=fz.MAX_TEXT_CHARS,
         max_message_bytes=fz.MAX_MESSAGE_BYTES, cache_size=2000,
-        embedder=ModelSettings(name=built_embedder.manifest.name, repository=built_embedder.path.parent.parent),
+        embedder=ModelSettings(name=embedder_version.manifest.name, repository=embedder_version.path.parent.parent),
         ranker=ModelSettings(name="recommender", repository=ranker_repo))
     with ServerThread(RecommendService(settings)).start() as srv:
         yield srv
@@ -70,6 +75,11 @@ users = st.one_of(
 candidate_lists = st.one_of(st.lists(candidates, max_size=6),
                             st.builds(lambda c, n: [c] * n, candidates, st.sampled_from([fz.MAX_ITEMS, fz.MAX_ITEMS + 1, 3000])))
 K = st.one_of(st.integers(0, 10), st.sampled_from([2**31 - 1, 2**32 - 1]))
+# Found by this fuzzing: ratings of +-3.4e38 made the user vector NaN, features of 1e308 made scores inf.
+EXTREME_USER = recommend_pb2.User(id="u", history=[recommend_pb2.HistoryItem(text=t, rating=r) for t, r in
+                                                   (("a", 3.4e38), ("b", -3.4e38), ("c", 3.4e38))])
+EXTREME_CANDIDATES = [recommend_pb2.Candidate(id="a", text="x", features={"popularity": 1e308, "price": -1e308}),
+                      recommend_pb2.Candidate(id="b", text="y", features={"price": 1e308})]
 
 
 def request_of(cls, user, cands, **extra):
@@ -101,6 +111,7 @@ def check_rank(response: recommend_pb2.RankResponse, candidate_ids: list[str], k
 
 
 @fz.FUZZ
+@example(user=EXTREME_USER, cands=EXTREME_CANDIDATES, timeout=fz.TIMEOUT_S)
 @given(user=users, cands=candidate_lists, timeout=st.sampled_from([fz.TIMEOUT_S] * 9 + [0.001]))
 def test_score_typed(channel, user, cands, timeout):
     fz.CASES["Score"] += 1
@@ -115,6 +126,7 @@ def test_score_typed(channel, user, cands, timeout):
 
 
 @fz.FUZZ
+@example(user=EXTREME_USER, cands=EXTREME_CANDIDATES, k=2)
 @given(user=users, cands=candidate_lists, k=K)
 def test_rank_typed(channel, user, cands, k):
     fz.CASES["Rank"] += 1

@@ -19,11 +19,16 @@ ALLOWED_ITEM_ERRORS = tuple(code.name for code in fz.ALLOWED)
 
 
 @pytest.fixture(scope="module")
-def server(built_classifier):
+def classifier_version(request):
+    return fz.model_version(request, "built_classifier", "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(classifier_version):
     settings = SentimentSettings(
         host="127.0.0.1", port=0, max_items=fz.MAX_ITEMS, max_text_chars=fz.MAX_TEXT_CHARS,
         max_message_bytes=fz.MAX_MESSAGE_BYTES,
-        model=ModelSettings(name=built_classifier.manifest.name, repository=built_classifier.path.parent.parent))
+        model=ModelSettings(name=classifier_version.manifest.name, repository=classifier_version.path.parent.parent))
     with ServerThread(SentimentService(settings)).start() as srv:
         yield srv
     print(f"\nfuzz cases run: {dict(fz.CASES)}")
@@ -36,8 +41,8 @@ def channel(server):
 
 
 @pytest.fixture(scope="module")
-def labels(built_classifier):
-    return list(built_classifier.manifest.labels)
+def labels(classifier_version):
+    return list(classifier_version.manifest.labels)
 
 
 def check_result(result: sentiment_pb2.SentimentResult, labels: list[str]) -> None:
