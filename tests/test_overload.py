@@ -46,19 +46,20 @@ class Driver:
         self.sent = 0
         self.server_total_s: list[float] = []  # receipt to reply, measured by the server, for admitted calls
 
-    async def call(self) -> tuple[grpc.StatusCode, float]:
+    async def call(self, request: sentiment_pb2.AnalyzeRequest | None = None) -> tuple[grpc.StatusCode, float]:
         stub = self.stubs[self.sent % CHANNELS]
         self.sent += 1
         started = time.perf_counter()
         try:
-            reply = await stub.Analyze(self.request, timeout=DEADLINE_S)
+            reply = await stub.Analyze(request or self.request, timeout=DEADLINE_S)
             code = grpc.StatusCode.OK
             self.server_total_s.append(reply.timing.total_us / 1e6)
         except grpc.aio.AioRpcError as err:
             code = err.code()
         return code, time.perf_counter() - started
 
-    async def closed_loop(self, seconds: float | None, concurrency: int = 16, until: int | None = None) -> int:
+    async def closed_loop(self, seconds: float | None, concurrency: int = 16, until: int | None = None,
+                          request: sentiment_pb2.AnalyzeRequest | None = None) -> int:
         """Back-to-back calls from `concurrency` workers; returns how many succeeded."""
         end = time.monotonic() + seconds if seconds else None
         ok = 0
@@ -66,7 +67,7 @@ class Driver:
         async def worker():
             nonlocal ok
             while (end is None or time.monotonic() < end) and (until is None or self.sent < until):
-                code, _ = await self.call()
+                code, _ = await self.call(request)
                 ok += code == grpc.StatusCode.OK
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -103,7 +104,9 @@ async def scenario(server: ServeProcess) -> dict:
         alive = server.proc.poll() is None
         after_code, after_latency = await driver.call()  # right after the load drops
         if TOTAL_REQUESTS:
-            await driver.closed_loop(None, concurrency=32, until=TOTAL_REQUESTS)
+            # one text per call: many requests (per-call memory) without hours of model time
+            await driver.closed_loop(None, concurrency=32, until=TOTAL_REQUESTS,
+                                     request=sentiment_pb2.AnalyzeRequest(texts=[TEXT]))
         rss_end = server.rss_kb()
         return dict(capacity=capacity, achieved=achieved, outcomes=outcomes, alive=alive, after_code=after_code,
                     after_latency=after_latency, rss_warm=rss_warm, rss_end=rss_end, sent=driver.sent,
