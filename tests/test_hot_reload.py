@@ -91,9 +91,12 @@ def test_new_version_is_picked_up_and_a_broken_one_refused_without_a_failed_call
         assert seen == sorted(seen) and set(seen) == {"1", "2"}, seen
     assert "model.int8.onnx" in service.model.refused["3"]
     registry = service.metrics.registry
-    sample = lambda outcome: registry.get_sample_value(  # noqa: E731
-        "nlpsuite_model_reloads_total", {"service": "sentiment", "model": NAME, "outcome": outcome})
-    assert sample("switched") == 1 and sample("refused") == 1
+
+    def reloads(outcome: str) -> float | None:
+        return registry.get_sample_value("nlpsuite_model_reloads_total",
+                                         {"service": "sentiment", "model": NAME, "outcome": outcome})
+
+    assert reloads("switched") == 1 and reloads("refused") == 1
     assert registry.get_sample_value("nlpsuite_model_version_info", {
         "service": "sentiment", "model": NAME, "version": "2", "variant": "int8",
         "provider": "CPUExecutionProvider"}) == 1
