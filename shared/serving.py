@@ -131,7 +131,7 @@ class ServedModel:
         except ModelRepoError as exc:
             raise ModelRepoError(f"{where}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers raise their own types
-            raise ModelRepoError(f"{where}: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+            raise ModelRepoError(f"{where}: {str(exc).splitlines()[0][:1000] if str(exc) else type(exc).__name__}"
                                  ) from exc
         # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING. They also
         # prove that the model's outputs fit its manifest.
