@@ -22,6 +22,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[list[int]]], np.ndarray]
+RATE_SMOOTHING = 0.2  # weight of the newest batch in the texts-per-second estimate
+RATE_MIN_BATCHES = 8  # batches seen before the estimate is trusted for shedding
 
 
 class QueueFullError(RuntimeError):
@@ -98,6 +100,9 @@ class DynamicBatcher:
         self._closed = True
         self.submitted = 0  # texts ever queued
         self.batches = 0  # batches ever run
+        self._running = 0  # batches on a worker thread now
+        self._rate: float = 0.0  # texts per second one worker gets through (moving average over batches)
+        self._rated_batches = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -124,19 +129,32 @@ class DynamicBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    async def drain(self, timeout: float) -> None:
+        """Run every queued text and let running batches finish (up to `timeout` s), then stop.
+
+        A hot reload retires the replaced version's batcher this way: nothing new is queued on it by then.
+        """
+        end = time.monotonic() + timeout
+        while (self._by_arrival or self._running) and time.monotonic() < end:
+            await asyncio.sleep(0.005)
+        await self.stop()
+
     @property
     def depth(self) -> int:
         return len(self._by_arrival)
 
+    def expected_wait_s(self, extra: int = 0) -> float | None:
+        """Seconds until the queue and `extra` more texts would be through, at the measured rate (None: unknown)."""
+        if self._rated_batches < RATE_MIN_BATCHES or self._rate <= 0:
+            return None
+        return (self.depth + extra) / (self._rate * self.workers)
+
     # -- submitting ------------------------------------------------------------------------------------
     def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[asyncio.Future]:
         """Queue texts (all or none: a full queue raises QueueFullError). `deadline` is time.monotonic()-based."""
-        if self._closed:
-            raise BatcherClosedError("the model is not loaded or is shutting down")
-        if self.depth + len(ids) > self.capacity:
-            raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
-        loop = asyncio.get_running_loop()
+        self.admit(len(ids), deadline)
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
         futures = []
         for seq_ids in ids:
             item = _Item(next(self._seq), list(seq_ids), now, deadline, loop.create_future())
@@ -148,6 +166,20 @@ class DynamicBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return futures
+
+    def admit(self, n: int, deadline: float | None = None) -> None:
+        """Raise now if `n` more texts would be refused: callers check before paying for tokenization."""
+        if self._closed:
+            raise BatcherClosedError("the model is not loaded or is shutting down")
+        if self.depth + n > self.capacity:
+            raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
+        if deadline is not None and self.depth:
+            # Shed now what could only time out in the queue: the caller can retry elsewhere at once.
+            wait = self.expected_wait_s(n)
+            now = time.monotonic()
+            if wait is not None and now + wait > deadline:
+                raise QueueFullError(f"{self.depth} texts waiting: expected wait {wait:.3f} s is beyond the "
+                                     f"deadline ({max(0.0, deadline - now):.3f} s left)")
 
     async def submit(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[ItemResult]:
         futures = self.submit_many(ids, deadline)
@@ -244,15 +276,26 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
         self.batches += 1
+        self._running += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch])
+        except asyncio.CancelledError:  # stop() while this batch ran: its callers must not wait forever
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(BatcherClosedError("the server is shutting down"))
+            raise
         except Exception as exc:  # noqa: BLE001 - the batch's callers get the error; the batcher lives on
             log.exception("batch inference failed", extra={"model": self.name, "batch_size": len(batch)})
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self._running -= 1
         finished = time.monotonic()
+        rate = len(batch) / max(finished - started, 1e-6)
+        self._rate = rate if self._rated_batches == 0 else (1 - RATE_SMOOTHING) * self._rate + RATE_SMOOTHING * rate
+        self._rated_batches += 1
         inference_us = int((finished - started) * 1e6)
         longest = max(item.length for item in batch)
         if self._on_batch is not None:

@@ -32,6 +32,8 @@ class ModelSettings(_Strict):
     variant: Literal["int8", "fp16", "fp32"] | None = None  # None: int8 on CPU, fp16 on GPU
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
     intra_threads: int = Field(1, ge=0, description="ONNX Runtime threads per batch run (0: runtime default)")
+    reload_interval_s: float = Field(10.0, ge=0, description="poll for a newer published version when version "
+                                     "is None, and switch to it without dropping requests (0: never)")
 
 
 class BatchSettings(_Strict):

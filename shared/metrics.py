@@ -22,6 +22,10 @@ class Metrics:
                                       ["service", "model"], buckets=_TOKEN_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("nlpsuite_queue_depth", "Texts waiting in the batcher", ["service", "model"],
                                  registry=self.registry)
+        self.model_version = Gauge("nlpsuite_model_version_info", "1 for the model version serving now, by labels",
+                                   ["service", "model", "version", "variant", "provider"], registry=self.registry)
+        self.model_reloads = Counter("nlpsuite_model_reloads", "Hot reloads by outcome (switched, refused)",
+                                     ["service", "model", "outcome"], registry=self.registry)
         self._server = None
         self.port: int | None = None
 

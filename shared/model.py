@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.shared.model_repo import ModelRepository, ModelVersion, choose_variant, read_manifest
+from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, ModelVersion, choose_variant, read_manifest
 from nlpsuite.shared.runtime import ProviderChoice, RuntimeSession, create_session, expected_provider
 from nlpsuite.shared.tokenization import Encoded, TextEncoder
 
@@ -53,8 +53,15 @@ def open_model(
     """Open the best variant for the device we really got (fp16 on GPU, int8 on CPU) unless one is forced."""
     manifest = version.manifest
     chosen = choose_variant(manifest, expected_provider(provider), override=variant)
-    runtime = create_session(version.variant_path(chosen), provider, intra_threads)
-    encoder = TextEncoder(version.tokenizer_path, max_length or manifest.max_length)
+    path = version.variant_path(chosen)
+    tokenizer = version.tokenizer_path
+    if not tokenizer.is_file():
+        raise ModelRepoError(f"tokenizer file missing: {tokenizer}")
+    try:
+        encoder = TextEncoder(tokenizer, max_length or manifest.max_length)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for unreadable files
+        raise ModelRepoError(f"{tokenizer} is not a valid tokenizer: {exc}") from exc
+    runtime = create_session(path, provider, intra_threads)
     log.info(
         "model loaded",
         extra={"model": manifest.name, "version": manifest.version, "variant": chosen, "provider": runtime.provider},

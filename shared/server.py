@@ -19,6 +19,7 @@ from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared.serving import ServedModel, Timing
+from nlpsuite.shared.wire import MalformedRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def unary(method: str, field: str):
             timing = Timing(time.perf_counter())
             code = "OK"
             try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidArgument(str(request))
                 self.check_size(request, field)
                 return await fn(self, request, context, timing)
             except ServiceError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +17,12 @@ from nlpsuite.shared.config import BatchSettings, ModelSettings
 from nlpsuite.shared.errors import DeadlineExceeded, InvalidArgument, Overloaded, Unavailable
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model import LoadedModel, open_model, softmax
-from nlpsuite.shared.model_repo import ModelRepository
+from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, Task
 from nlpsuite.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
+DRAIN_TIMEOUT_S = 60.0  # how long a replaced version gets to finish its queued texts
 WARMUP_TEXTS = ("warm up", "a somewhat longer sentence to warm up the runtime with a few more tokens in it")
 
 
@@ -47,68 +49,212 @@ class Timing:
 class Inference:
     outputs: np.ndarray  # [n, labels] probabilities (classifier) or [n, dim] unit embeddings (embedder)
     truncated: list[bool]
+    model: common_pb2.ModelInfo  # the version that really ran these texts (it may change on hot reload)
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The version serving now and its own batcher: a request is tokenized and run by one version only."""
+
+    model: LoadedModel
+    batcher: DynamicBatcher
 
 
 class ServedModel:
-    """One ONNX model: loaded and warmed up off the event loop, run through a DynamicBatcher."""
+    """One ONNX model: loaded, checked and warmed up off the event loop, run through a DynamicBatcher.
+
+    With `settings.version` None and `reload_interval_s` > 0 it polls the repository and hot-swaps to a newer
+    published version once that version has loaded, warmed up and matched the serving one (task, labels,
+    output width). Requests already queued finish on the old version; a version that fails is refused once,
+    logged with the reason, and never retried.
+    """
 
     def __init__(self, settings: ModelSettings, batch: BatchSettings, max_tokens: int, reject_overlong: bool,
-                 metrics: Metrics | None = None, field: str = "texts") -> None:
+                 metrics: Metrics | None = None, field: str = "texts", task: Task | None = None) -> None:
         self.settings = settings
         self.batch_settings = batch
         self.max_tokens = max_tokens
         self.reject_overlong = reject_overlong
         self.metrics = metrics
         self.field = field
-        self.model: LoadedModel | None = None
-        self.batcher: DynamicBatcher | None = None
+        self.task = task  # the task the service needs; another fails loading with a clear message
+        self._active: _Active | None = None
+        self._refused: dict[str, str] = {}  # version -> why it was refused
+        self._watcher: asyncio.Task | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._active.model if self._active is not None else None
+
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        return self._active.batcher if self._active is not None else None
 
     @property
     def loaded(self) -> bool:
-        return self.model is not None and self.batcher is not None
+        return self._active is not None
 
     @property
     def labels(self) -> list[str]:
-        assert self.model is not None
-        return list(self.model.manifest.labels)
+        assert self._active is not None
+        return list(self._active.model.manifest.labels)
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return dict(self._refused)
 
     def info(self) -> common_pb2.ModelInfo:
-        if self.model is None:
+        return self._info(self.model)
+
+    def _info(self, model: LoadedModel | None) -> common_pb2.ModelInfo:
+        if model is None:
             return common_pb2.ModelInfo(name=self.settings.name)
-        m = self.model.manifest
-        return common_pb2.ModelInfo(name=m.name, version=m.version, variant=self.model.variant,
-                                    provider=self.model.provider)
+        m = model.manifest
+        return common_pb2.ModelInfo(name=m.name, version=m.version, variant=model.variant, provider=model.provider)
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def _load_blocking(self) -> LoadedModel:
+    def _load_blocking(self, version: str | None) -> LoadedModel:
+        """Open, check and warm up a version; ModelRepoError names the version, the file and the problem."""
         s = self.settings
-        version = ModelRepository(s.repository).resolve(s.name, s.version)
-        model = open_model(version, provider=s.provider, variant=s.variant, intra_threads=s.intra_threads,
-                           max_length=min(self.max_tokens, version.manifest.max_length))
-        # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING.
+        resolved = ModelRepository(s.repository).resolve(s.name, version)
+        manifest = resolved.manifest
+        where = f"model {s.name!r} version {manifest.version} ({resolved.path})"
+        if self.task is not None and manifest.task != self.task:
+            raise ModelRepoError(f"{where}: manifest.json says task {manifest.task!r}; this service needs a "
+                                 f"{self.task!r} model")
+        if manifest.task == "classify" and not manifest.labels:
+            raise ModelRepoError(f"{where}: manifest.json lists no labels for a classifier")
+        try:
+            model = open_model(resolved, provider=s.provider, variant=s.variant, intra_threads=s.intra_threads,
+                               max_length=min(self.max_tokens, manifest.max_length))
+        except ModelRepoError as exc:
+            raise ModelRepoError(f"{where}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers raise their own types
+            raise ModelRepoError(f"{where}: {str(exc).splitlines()[0][:1000] if str(exc) else type(exc).__name__}"
+                                 ) from exc
+        # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING. They also
+        # prove that the model's outputs fit its manifest.
         for texts in ([WARMUP_TEXTS[0]], list(WARMUP_TEXTS), list(WARMUP_TEXTS) * 4):
-            model.predict(texts)
+            try:
+                out = model.predict(texts)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelRepoError(f"{where}: warm-up inference failed: {str(exc).splitlines()[0][:300]}"
+                                     ) from exc
+            self._check_outputs(model, out, len(texts), where)
         return model
+
+    @staticmethod
+    def _check_outputs(model: LoadedModel, out: np.ndarray, rows: int, where: str) -> None:
+        m = model.manifest
+        file = model.runtime.path.name
+        if out.ndim != 2 or out.shape[0] != rows:
+            raise ModelRepoError(f"{where}: {file} returned shape {list(out.shape)} for {rows} texts")
+        if m.task == "classify" and out.shape[1] != len(m.labels):
+            raise ModelRepoError(f"{where}: manifest.json lists {len(m.labels)} labels but {file} outputs "
+                                 f"{out.shape[1]} scores per text")
+        if m.task == "embed" and m.embedding_dim is not None and out.shape[1] != m.embedding_dim:
+            raise ModelRepoError(f"{where}: manifest.json says embedding_dim {m.embedding_dim} but {file} outputs "
+                                 f"{out.shape[1]} dimensions")
+        if not np.isfinite(out).all():
+            raise ModelRepoError(f"{where}: {file} returned non-finite values on the warm-up texts")
+
+    @staticmethod
+    def _incompatible(old: LoadedModel, new: LoadedModel) -> str | None:
+        """Why `new` cannot replace `old` under running clients, or None."""
+        a, b = old.manifest, new.manifest
+        if a.task != b.task:
+            return f"task {b.task!r} differs from the serving version's {a.task!r}"
+        if a.task == "classify" and list(a.labels) != list(b.labels):
+            return f"labels {b.labels} differ from the serving version's {a.labels}"
+        width = new.predict([WARMUP_TEXTS[0]]).shape[1]
+        old_width = old.predict([WARMUP_TEXTS[0]]).shape[1]
+        if width != old_width:
+            return f"outputs {width} values per text, the serving version {old_width}"
+        return None
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, self._load_blocking)
-        self.model = model
+        model = await loop.run_in_executor(None, self._load_blocking, self.settings.version)
+        await self._activate(model)
+        if self.settings.version is None and self.settings.reload_interval_s > 0:
+            self._watcher = asyncio.create_task(self._watch(), name=f"reload-{self.settings.name}")
+
+    async def _activate(self, model: LoadedModel) -> None:
+        """Swap in `model` with a fresh batcher; the old version finishes what it has queued, then stops."""
         b = self.batch_settings
         name = model.manifest.name
-        self.batcher = DynamicBatcher(
-            self._run_batch, max_batch_size=b.max_batch_size, max_batch_tokens=b.max_batch_tokens,
-            max_delay_s=b.max_delay_ms / 1000, capacity=b.queue_capacity, workers=b.workers,
-            on_batch=self._on_batch, on_depth=self._on_depth, name=name,
+        batcher = DynamicBatcher(
+            functools.partial(self._run_batch, model), max_batch_size=b.max_batch_size,
+            max_batch_tokens=b.max_batch_tokens, max_delay_s=b.max_delay_ms / 1000, capacity=b.queue_capacity,
+            workers=b.workers, on_batch=self._on_batch, on_depth=self._on_depth, name=name,
         )
-        await self.batcher.start()
+        await batcher.start()
+        old, self._active = self._active, _Active(model, batcher)
+        if self.metrics is not None:
+            gauge = self.metrics.model_version
+            if old is not None:
+                gauge.remove(self.metrics.service, self.settings.name, old.model.manifest.version,
+                             old.model.variant, old.model.provider)
+            gauge.labels(self.metrics.service, self.settings.name, model.manifest.version, model.variant,
+                         model.provider).set(1)
         log.info("model ready", extra={"model": name, "version": model.manifest.version, "variant": model.variant,
                                        "provider": model.provider, "max_tokens": self.max_tokens})
+        if old is not None:
+            await old.batcher.drain(DRAIN_TIMEOUT_S)
 
     async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        if self._active is not None:
+            await self._active.batcher.stop()
 
+    # -- hot reload ------------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad poll (e.g. an unreadable dir)
+                log.exception("model reload check failed", extra={"model": self.settings.name})
+
+    async def reload(self) -> str | None:
+        """Switch to the newest published version if it is not the one serving.
+
+        Returns "switched", "refused" (the old version keeps serving; the reason is logged and kept in
+        `refused`), or None when there is nothing new.
+        """
+        async with self._reload_lock:
+            if self._active is None:
+                return None
+            loop = asyncio.get_running_loop()
+            s = self.settings
+            versions = await loop.run_in_executor(None, ModelRepository(s.repository).versions, s.name)
+            current = self._active.model.manifest.version
+            if not versions or versions[-1] == current or versions[-1] in self._refused:
+                return None
+            newest = versions[-1]
+            try:
+                model = await loop.run_in_executor(None, self._load_blocking, newest)
+                problem = await loop.run_in_executor(None, self._incompatible, self._active.model, model)
+                if problem is not None:
+                    raise ModelRepoError(f"model {s.name!r} version {newest}: {problem}")
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the version and keeps the old one
+                self._refused[newest] = str(exc)
+                if self.metrics is not None:
+                    self.metrics.model_reloads.labels(self.metrics.service, s.name, "refused").inc()
+                log.error("new model version refused; the serving one stays",
+                          extra={"model": s.name, "version": newest, "serving": current, "reason": str(exc)})
+                return "refused"
+            await self._activate(model)
+            if self.metrics is not None:
+                self.metrics.model_reloads.labels(self.metrics.service, s.name, "switched").inc()
+            log.info("model switched", extra={"model": s.name, "version": newest, "previous": current})
+            return "switched"
+
+    # -- batching --------------------------------------------------------------------------------------
     def _on_batch(self, stats: BatchStats) -> None:
         if self.metrics is not None:
             self.metrics.batch_size.labels(self.metrics.service, self.settings.name).observe(stats.size)
@@ -118,18 +264,21 @@ class ServedModel:
         if self.metrics is not None:
             self.metrics.queue_depth.labels(self.metrics.service, self.settings.name).set(depth)
 
-    def _run_batch(self, ids: list[list[int]]) -> np.ndarray:
-        assert self.model is not None
-        out = self.model.run(self.model.encoder.pad(ids))
-        return softmax(out) if self.model.manifest.task == "classify" else out
+    @staticmethod
+    def _run_batch(model: LoadedModel, ids: list[list[int]]) -> np.ndarray:
+        out = model.run(model.encoder.pad(ids))
+        return softmax(out) if model.manifest.task == "classify" else out
 
     # -- inference -------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids cut to the token limit (keeping the final [SEP]), or INVALID_ARGUMENT if rejecting."""
-        if self.model is None:
+        if self._active is None:
             raise Unavailable(f"model {self.settings.name} is not loaded")
-        limit = self.model.encoder.max_length
-        ids_list = self.model.encoder.token_ids(list(texts))
+        return self._tokenize(self._active.model, texts)
+
+    def _tokenize(self, model: LoadedModel, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        limit = model.encoder.max_length
+        ids_list = model.encoder.token_ids(list(texts))
         truncated = [len(ids) > limit for ids in ids_list]
         if self.reject_overlong and any(truncated):
             i = truncated.index(True)
@@ -139,14 +288,15 @@ class ServedModel:
 
     async def infer(self, texts: Sequence[str], timing: Timing, deadline: float | None = None) -> Inference:
         """Run texts through the batcher. `deadline` is time.monotonic()-based (None: no deadline)."""
-        if not self.loaded:
+        active = self._active  # one version for the whole request, even if a reload swaps meanwhile
+        if active is None:
             raise Unavailable(f"model {self.settings.name} is not loaded")
-        t0 = time.perf_counter()
-        ids, truncated = self.tokenize(texts)
-        timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
-        assert self.batcher is not None
         try:
-            results = await self.batcher.submit(ids, deadline)
+            active.batcher.admit(len(texts), deadline)  # shed before paying for tokenization
+            t0 = time.perf_counter()
+            ids, truncated = self._tokenize(active.model, texts)
+            timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
+            results = await active.batcher.submit(ids, deadline)
         except QueueFullError as exc:
             raise Overloaded(f"{self.settings.name}: {exc}; retry later") from None
         except DeadlineExpiredError:
@@ -156,7 +306,7 @@ class ServedModel:
         timing.queue_us = max(timing.queue_us, max((r.queue_us for r in results), default=0))
         timing.inference_us = max(timing.inference_us, max((r.inference_us for r in results), default=0))
         outputs = np.stack([r.output for r in results]) if results else np.zeros((0, 0), np.float32)
-        return Inference(outputs=outputs, truncated=truncated)
+        return Inference(outputs=outputs, truncated=truncated, model=self._info(active.model))
 
 
 def deadline_of(context) -> float | None:

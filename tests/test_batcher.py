@@ -159,3 +159,25 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on():
         return ok
 
     assert run(main()).output.tolist() == [0.0]
+
+
+def test_a_text_that_would_outwait_its_deadline_is_shed_at_once():
+    rec = Recorder(delay=0.05)  # about 20 texts per second, one at a time
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, capacity=100, workers=1)
+        await batcher.start()
+        await batcher.submit([[i] for i in range(10)])  # measures the rate
+        assert batcher.expected_wait_s() is not None
+        queued = batcher.submit_many([[i] for i in range(10)])  # ~0.5 s of work ahead
+        now = time.monotonic()
+        with pytest.raises(QueueFullError, match="expected wait"):
+            batcher.submit_many([[99]], deadline=now + 0.1)
+        late_but_possible = batcher.submit_many([[98]], deadline=now + 30)
+        no_deadline = batcher.submit_many([[97]])
+        done = await asyncio.gather(*queued, *late_but_possible, *no_deadline)
+        await batcher.stop()
+        return done
+
+    assert len(run(main())) == 12
+    assert [99] not in [seq for b in rec.batches for seq in b]

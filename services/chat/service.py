@@ -12,6 +12,7 @@ from nlpsuite.shared.config import ChatSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 
@@ -26,34 +27,29 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         super().__init__(settings)
         self.settings: ChatSettings = settings
         s = settings
-        self.intents = ServedModel(s.intent_model, s.batch, s.max_tokens, s.reject_overlong, self.metrics)
-        self.embedder = ServedModel(s.embedder, s.batch, s.max_tokens, s.reject_overlong, self.metrics)
+        self.intents = ServedModel(s.intent_model, s.batch, s.max_tokens, s.reject_overlong, self.metrics,
+                                   task="classify")
+        self.embedder = ServedModel(s.embedder, s.batch, s.max_tokens, s.reject_overlong, self.metrics, task="embed")
         self.kb: KnowledgeBase | None = None
         self.faq_vectors: np.ndarray | None = None
+        self.faq_version = ""  # the embedder version faq_vectors came from (a hot reload changes it)
         self.conversations = ConversationStore(s.context_turns, s.context_ttl_s, s.max_conversations)
 
     def models(self):
         return [self.intents, self.embedder]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
+        add_servicer(chat_pb2_grpc.add_ChatServiceServicer_to_server, self, server)
 
     async def load(self) -> None:
         self.kb = KnowledgeBase.load(self.settings.knowledge_base)
         await super().load()
-        assert self.intents.model is not None and self.embedder.model is not None
-        if self.intents.model.manifest.task != "classify":
-            raise ValueError(f"intent model {self.settings.intent_model.name} is not a classifier")
-        if self.embedder.model.manifest.task != "embed":
-            raise ValueError(f"embedder {self.settings.embedder.name} is not an embedding model")
         missing = sorted(set(self.intents.labels) - set(self.kb.intents))
         if missing:
             log.warning("intents without an answer in the knowledge base (they go to the FAQ or a person)",
                         extra={"intents": ", ".join(missing)})
-        if self.kb.faq:  # FAQ embeddings are computed once, at start-up
-            timing = Timing(0.0)
-            result = await self.embedder.infer([e.question for e in self.kb.faq], timing)
-            self.faq_vectors = result.outputs
+        if self.kb.faq:  # FAQ embeddings: at start-up, and again when the embedder version changes
+            await self._embed_faq(None)
         log.info("knowledge base loaded", extra={"intents": len(self.kb.intents), "faq": len(self.kb.faq)})
 
     def _top(self, probs: np.ndarray) -> list[common_pb2.LabelScore]:
@@ -71,7 +67,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
             best = int(np.argmax(probs))
             predictions.append(chat_pb2.IntentPrediction(intent=labels[best], confidence=float(probs[best]),
                                                          top=self._top(probs), truncated=truncated))
-        return chat_pb2.ClassifyIntentResponse(predictions=predictions, model=self.intents.info(),
+        return chat_pb2.ClassifyIntentResponse(predictions=predictions, model=result.model,
                                                timing=timing.proto())
 
     @unary("Reply", field="message")
@@ -98,7 +94,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         best = int(np.argmax(probs))
         intent, confidence = labels[best], float(probs[best])
         reply = chat_pb2.ReplyResponse(intent=intent, confidence=confidence, truncated=result.truncated[0],
-                                       model=self.intents.info())
+                                       model=result.model)
         answer = kb.intents.get(intent)
         if confidence >= s.intent_threshold and answer is not None:
             asked = intent in s.handoff_intents or answer.handoff
@@ -129,6 +125,16 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         if self.faq_vectors is None or self.kb is None or not self.kb.faq:
             return None
         result = await self.embedder.infer([message], timing, deadline)
+        if result.model.version != self.faq_version:  # the embedder was hot-reloaded since
+            await self._embed_faq(deadline)
+            result = await self.embedder.infer([message], timing, deadline)
+            if result.model.version != self.faq_version:
+                return None  # swapped again meanwhile: no FAQ answer this once rather than a wrong one
         sims = self.faq_vectors @ result.outputs[0]
         best = int(np.argmax(sims))
         return self.kb.faq[best], float(sims[best])
+
+    async def _embed_faq(self, deadline) -> None:
+        assert self.kb is not None
+        result = await self.embedder.infer([e.question for e in self.kb.faq], Timing(0.0), deadline)
+        self.faq_vectors, self.faq_version = result.outputs, result.model.version

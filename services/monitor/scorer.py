@@ -24,6 +24,7 @@ import yaml
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
+from nlpsuite.shared.logs import failure
 from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
@@ -222,7 +223,9 @@ class Scorer:
         except Rejected:
             raise
         except Exception as exc:  # noqa: BLE001
-            log.exception("unexpected error validating %s-%d@%d", rec.topic, rec.partition, rec.offset)
+            log.error("unexpected error validating", extra={"record": f"{rec.topic}-{rec.partition}@{rec.offset}",
+                                                            **failure(exc)})
+            log.debug("validation failure detail", exc_info=True)  # the message may quote the news text
             raise Rejected("unreadable", f"{type(exc).__name__}: {exc}"[:500]) from None
         self._check_id(item)
         return item

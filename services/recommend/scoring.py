@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 RANKER_FILE = "ranker.json"
 TEXT_FEATURES = ("text_match", "liked_match")
+Z_LIMIT = 1e6  # standard deviations; see Ranker.score
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -34,9 +35,12 @@ def user_vectors(history: np.ndarray, ratings: Sequence[float | None], profile: 
     if len(history):
         rated = [r for r in ratings if r is not None]
         center = float(np.mean(rated)) if rated else 0.0
-        weights = np.array([1.0 if r is None else r - center for r in ratings], np.float32)
+        weights = np.array([1.0 if r is None else r - center for r in ratings], np.float64)
         if not np.any(weights):  # every rating equal: treat as plain interest
-            weights = np.ones(len(ratings), np.float32)
+            weights = np.ones(len(ratings), np.float64)
+        # Only the direction matters (the vectors are normalized): scale the weights to at most 1 so that
+        # absurd ratings (e.g. +-3e38) cannot overflow to inf/NaN.
+        weights = (weights / np.abs(weights).max()).astype(np.float32)
         interest = _unit(weights @ history)
         positive = weights > 0
         if positive.any():
@@ -75,7 +79,11 @@ class Ranker(BaseModel):
         return np.stack(columns, axis=1) if columns else np.zeros((len(text_match), 0))
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        z = (x - np.array(self.mean)) / np.array(self.std)
+        # Standardized features are clipped to +-Z_LIMIT: absurd inputs (1e308) rank at the extremes instead
+        # of overflowing to inf and NaN.
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (x - np.array(self.mean)) / np.array(self.std)
+        z = np.clip(np.nan_to_num(z, nan=0.0, posinf=Z_LIMIT, neginf=-Z_LIMIT), -Z_LIMIT, Z_LIMIT)
         return z @ np.array(self.weights) + self.bias
 
     def save(self, directory: Path) -> None:

@@ -11,11 +11,12 @@ from nlpsuite.services.recommend.cache import EmbeddingCache, item_key
 from nlpsuite.services.recommend.scoring import Ranker, user_vectors
 from nlpsuite.shared.config import RecommendSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
-from nlpsuite.shared.model_repo import ModelRepository
+from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_items, check_text
-from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
+from nlpsuite.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         super().__init__(settings)
         self.settings: RecommendSettings = settings
         self.embedder = ServedModel(settings.embedder, settings.batch, settings.max_tokens, settings.reject_overlong,
-                                    self.metrics, field="candidates")
+                                    self.metrics, field="candidates", task="embed")
         self.cache = EmbeddingCache(settings.cache_size)
         self.ranker: Ranker | None = None
 
@@ -39,7 +40,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         return [self.embedder]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(self, server)
+        add_servicer(recommend_pb2_grpc.add_RecommendServiceServicer_to_server, self, server)
 
     async def load(self) -> None:
         r = self.settings.ranker
@@ -48,13 +49,15 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         else:
             version = ModelRepository(r.repository).resolve(r.name, r.version)
             if version.manifest.task != "recommend":
-                raise ValueError(f"{version.path} is a {version.manifest.task!r} model, not a recommender")
-            self.ranker = Ranker.load(version.path)
+                raise ModelRepoError(f"{version.path}: manifest.json says task {version.manifest.task!r}; "
+                                     "the ranker must be a 'recommend' model")
+            try:
+                self.ranker = Ranker.load(version.path)
+            except (OSError, ValueError) as exc:
+                raise ModelRepoError(f"{version.path}: cannot read the ranker: {exc}") from None
             self.ranker_version = version
         await super().load()
         assert self.embedder.model is not None
-        if self.embedder.model.manifest.task != "embed":
-            raise ValueError(f"embedder {self.settings.embedder.name} is not an embedding model")
         trained = self.ranker.embedder.get("name")
         if trained and trained != self.embedder.model.manifest.name:
             log.warning("ranker was trained with another embedder", extra={"trained_with": trained,
@@ -87,11 +90,26 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
 
     # -- scoring ---------------------------------------------------------------------------------------
     async def _vectors(self, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline
-                       ) -> tuple[list[np.ndarray], list[bool]]:
-        """Embeddings for (key, text) pairs: cached ones free, the rest in one batched model call."""
-        found: dict[tuple[str, str], np.ndarray] = {}
+                       ) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo]:
+        """Embeddings for (key, text) pairs, all from one embedder version (cache entries are per version).
+
+        A hot reload between the cache lookups and the model call would mix versions: then start over once.
+        """
+        for _ in range(2):
+            info = self.embedder.info()
+            vectors, cached, ran = await self._vectors_of(info.version, keyed, timing, deadline)
+            if ran is None or ran.version == info.version:
+                return vectors, cached, info
+        raise Unavailable("the embedder changed version during the request; retry")
+
+    async def _vectors_of(self, version: str, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline
+                          ) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo | None]:
+        """Cached ones free, the rest in one batched model call (and the version that ran it, if any)."""
+        keyed = [((version, *key), text) for key, text in keyed]
+        found: dict[tuple[str, ...], np.ndarray] = {}
         cached = []
-        missing: dict[tuple[str, str], str] = {}
+        missing: dict[tuple[str, ...], str] = {}
+        ran = None
         for key, text in keyed:
             vector = found.get(key)
             if vector is None:
@@ -103,12 +121,16 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
                 missing[key] = text
         if missing:
             result = await self.embedder.infer(list(missing.values()), timing, deadline)
+            ran = result.model
+            if ran.version != version:
+                return [], [], ran
             for key, vector in zip(missing, result.outputs):
                 found[key] = vector
                 self.cache.put(key, vector)
-        return [found[key] for key, _ in keyed], cached
+        return [found[key] for key, _ in keyed], cached, ran
 
-    async def _score(self, request, context, timing: Timing) -> list[recommend_pb2.ScoredItem]:
+    async def _score(self, request, context, timing: Timing
+                     ) -> tuple[list[recommend_pb2.ScoredItem], common_pb2.ModelInfo]:
         if self.ranker is None or not self.embedder.loaded:
             raise Unavailable("the recommender is not loaded")
         self._check(request)
@@ -116,7 +138,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         history = [(item_key(HISTORY_ID, h.text), h.text) for h in user.history]
         profile = [(item_key(PROFILE_ID, user.profile), user.profile)] if user.profile.strip() else []
         cands = [(item_key(c.id, c.text), c.text) for c in request.candidates]
-        vectors, cached = await self._vectors(history + profile + cands, timing, deadline_of(context))
+        vectors, cached, info = await self._vectors(history + profile + cands, timing, deadline_of(context))
         n_hist, n_prof = len(history), len(profile)
         hist = np.stack(vectors[:n_hist]) if n_hist else np.zeros((0, 0), np.float32)
         ratings = [h.rating if h.HasField("rating") else None for h in user.history]
@@ -127,17 +149,17 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         scores = self.ranker.score(x)
         flags = cached[n_hist + n_prof:]
         return [recommend_pb2.ScoredItem(id=c.id, score=float(s), text_match=float(t), cached=f)
-                for c, s, t, f in zip(request.candidates, scores, text_match, flags)]
+                for c, s, t, f in zip(request.candidates, scores, text_match, flags)], info
 
     @unary("Score", field="candidates")
     async def Score(self, request: recommend_pb2.ScoreRequest, context, timing: Timing):
-        items = await self._score(request, context, timing)
-        return recommend_pb2.ScoreResponse(items=items, model=self.embedder.info(), timing=timing.proto())
+        items, info = await self._score(request, context, timing)
+        return recommend_pb2.ScoreResponse(items=items, model=info, timing=timing.proto())
 
     @unary("Rank", field="candidates")
     async def Rank(self, request: recommend_pb2.RankRequest, context, timing: Timing):
         if request.k == 0:
             raise InvalidArgument("k is required (the number of candidates to return, at least 1)")
-        items = await self._score(request, context, timing)
+        items, info = await self._score(request, context, timing)
         items.sort(key=lambda item: -item.score)
-        return recommend_pb2.RankResponse(items=items[: request.k], model=self.embedder.info(), timing=timing.proto())
+        return recommend_pb2.RankResponse(items=items[: request.k], model=info, timing=timing.proto())

@@ -13,6 +13,7 @@ from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.wire import MalformedRequest, add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.services.sentiment.watchlist import Watchlist
 from nlpsuite.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc
@@ -28,21 +29,18 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         super().__init__(settings)
         self.settings: SentimentSettings = settings
         self.model = ServedModel(settings.model, settings.batch, settings.max_tokens, settings.reject_overlong,
-                                 self.metrics)
+                                 self.metrics, task="classify")
         self.watchlist: Watchlist | None = None
 
     def models(self):
         return [self.model]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        sentiment_pb2_grpc.add_SentimentServiceServicer_to_server(self, server)
+        add_servicer(sentiment_pb2_grpc.add_SentimentServiceServicer_to_server, self, server)
 
     async def load(self) -> None:
         self.watchlist = Watchlist.load(self.settings.watchlist)
         await super().load()
-        if self.model.model is not None and self.model.model.manifest.task != "classify":
-            raise ValueError(f"sentiment model {self.settings.model.name} is a "
-                             f"{self.model.model.manifest.task!r} model, not a classifier")
 
     def _result(self, text: str, probs: np.ndarray, truncated: bool) -> sentiment_pb2.SentimentResult:
         labels = self.model.labels
@@ -64,7 +62,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         result = await self.model.infer(texts, timing, deadline_of(context))
         return sentiment_pb2.AnalyzeResponse(
             results=[self._result(t, p, tr) for t, p, tr in zip(texts, result.outputs, result.truncated)],
-            model=self.model.info(), timing=timing.proto(),
+            model=result.model, timing=timing.proto(),
         )
 
     async def AnalyzeStream(self, request_iterator, context):
@@ -74,27 +72,30 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         window = asyncio.Semaphore(max(1, self.settings.batch.queue_capacity // 4))  # backpressure per stream
         code = "OK"
 
-        async def one(item: sentiment_pb2.AnalyzeStreamRequest) -> None:
+        async def one(item: sentiment_pb2.AnalyzeStreamRequest | MalformedRequest) -> None:
             timing = Timing(time.perf_counter())
+            request_id = "" if isinstance(item, MalformedRequest) else item.request_id
             try:
+                if isinstance(item, MalformedRequest):
+                    raise InvalidArgument(str(item))
                 check_text(item.text, self.settings, "text")
                 if item.ByteSize() > self.settings.max_message_bytes:
                     raise InvalidArgument(f"text: message over the limit of {self.settings.max_message_bytes} bytes")
                 result = await self.model.infer([item.text], timing, deadline_of(context))
                 reply = sentiment_pb2.AnalyzeStreamResponse(
-                    request_id=item.request_id, result=self._result(item.text, result.outputs[0], result.truncated[0]),
-                    model=self.model.info(), timing=timing.proto())
+                    request_id=request_id, result=self._result(item.text, result.outputs[0], result.truncated[0]),
+                    model=result.model, timing=timing.proto())
                 status = "OK"
             except ServiceError as exc:
                 reply = sentiment_pb2.AnalyzeStreamResponse(
-                    request_id=item.request_id, error=f"{exc.code.name}: {exc}", model=self.model.info(),
+                    request_id=request_id, error=f"{exc.code.name}: {exc}", model=self.model.info(),
                     timing=timing.proto())
                 status = exc.code.name
             except Exception as exc:  # noqa: BLE001 - one bad item must not end the stream
                 log.error("stream item failed", extra={"service": self.short_name, "method": "AnalyzeStream",
-                                                       "request_id": item.request_id[:128], **failure(exc)})
+                                                       "request_id": request_id[:128], **failure(exc)})
                 log.debug("stream item failure detail", exc_info=True)  # the message may quote the text
-                reply = sentiment_pb2.AnalyzeStreamResponse(request_id=item.request_id, error="INTERNAL: internal error")
+                reply = sentiment_pb2.AnalyzeStreamResponse(request_id=request_id, error="INTERNAL: internal error")
                 status = "INTERNAL"
             finally:
                 window.release()

@@ -1,0 +1,95 @@
+"""A real `nlpsuite serve <service>` subprocess for shutdown and overload tests: config, readiness, RSS, metrics."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, tmp_path: Path, service: str, section: dict, service_name: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.service_name = service_name
+        config = {service: {"host": "127.0.0.1", "port": self.port, "metrics_port": self.metrics_port, **section}}
+        self.config = tmp_path / f"{service}-serve.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.stderr_path = tmp_path / f"{service}-serve.log"
+        self.args = [sys.executable, "-m", "nlpsuite.cli", "serve", service, "--config", str(self.config)]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> ServeProcess:
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(self.args, stderr=self._stderr, start_new_session=True)
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                assert self.proc.poll() is None, f"serve exited: {self.stderr_path.read_text()[-3000:]}"
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=self.service_name), timeout=2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError(f"not SERVING after {timeout} s: {self.stderr_path.read_text()[-3000:]}")
+
+    def rss_kb(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        """Every sample on /metrics as {(name, sorted labels): value}."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in self.metrics().items()
+                   if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._stderr.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
