@@ -1,0 +1,23 @@
+"""Latency summaries shared by every measurement."""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class Latency(BaseModel):
+    n: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Latency:
+        if not seconds:
+            nan = float("nan")
+            return cls(n=0, p50_ms=nan, p95_ms=nan, p99_ms=nan, mean_ms=nan)
+        ms = np.asarray(seconds) * 1000
+        p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+        return cls(n=len(ms), p50_ms=round(float(p50), 3), p95_ms=round(float(p95), 3),
+                   p99_ms=round(float(p99), 3), mean_ms=round(float(ms.mean()), 3))
