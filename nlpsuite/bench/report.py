@@ -45,6 +45,9 @@ def markdown(result: BenchResult, command: str) -> str:
              f"{m.texts['texts']['n']} texts of {m.texts['texts']['min']}-{m.texts['texts']['max']} tokens "
              f"(mean {m.texts['texts']['mean']}); probe {m.texts['probe']['n']} texts of "
              f"{m.texts['probe']['min']}-{m.texts['probe']['max']} tokens.", "",
+             *([f"**Measured under load:** the load average ({m.load_avg_start:.1f} at the start) was above the "
+                f"{host['cores']} cores, so other work shared the CPUs and the absolute figures are low and noisy.", ""]
+               if max(m.load_avg_start, m.load_avg_end) > float(host["cores"]) else []),
              f"![throughput and p99 latency against concurrency]({CHART})", "",
              "## Acceptance", "", "| check | value | target | result |", "|---|---:|---|---|"]
     for c in result.checks:

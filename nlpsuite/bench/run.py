@@ -35,16 +35,17 @@ class Profile(BaseModel):
     latency_requests: int
     torch_batch: int
     torch_seconds: float
+    agreement_texts: int
     recommend_cold: int
     recommend_warm: int
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
                bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300, torch_batch=32,
-               torch_seconds=3.0, recommend_cold=20, recommend_warm=50)
+               torch_seconds=3.0, agreement_texts=128, recommend_cold=20, recommend_warm=50)
 QUICK = Profile(texts=64, probe_texts=16, levels=[1, 8], warmup_s=0.3, seconds=1.0, probe_requests=20,
                 bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8, torch_seconds=0.5,
-                recommend_cold=3, recommend_warm=5)
+                agreement_texts=16, recommend_cold=3, recommend_warm=5)
 
 
 class BenchConfig(BaseModel):
@@ -150,7 +151,7 @@ class _Runner:
         p = self.profile
         spec = SelectSpec(checkpoint=self.checkpoint, max_length=self.version.manifest.max_length,
                           texts=self.texts.texts, batch=p.torch_batch, layouts=_layouts(cores()),
-                          seconds=p.torch_seconds)
+                          seconds=p.torch_seconds, agreement_texts=p.agreement_texts)
         return SelectResult.model_validate_json(self._child_json("torch-select", "nlpsuite.bench.torch_models",
                                                                  spec, 900))
 

@@ -30,14 +30,15 @@ class TorchMissingError(RuntimeError):
 
 
 def require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
+    """Fail early and plainly when the peers cannot run (found without importing: torch is slow to import)."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing:
         raise TorchMissingError(
-            f"the PyTorch peers need torch and transformers ({exc.name} is missing): install the train extra, "
-            "`pip install torch==2.13.0` (CPU build) then `pip install -c constraints.txt -e '.[train,bench]'`"
-        ) from None
+            f"nlpsuite bench needs {', '.join(missing)} (the PyTorch peers and the chart): install the train and "
+            "bench extras, `pip install torch==2.13.0` (CPU build) then "
+            "`pip install -c constraints.txt -e '.[train,bench]'`")
 
 
 def torch_device() -> str:
@@ -101,6 +102,7 @@ class SelectSpec(BaseModel):
     batch: int
     layouts: list[tuple[int, int]]  # (torch threads per call, concurrent calls)
     seconds: float
+    agreement_texts: int = 128
 
 
 class Candidate(BaseModel):
@@ -145,7 +147,7 @@ def measure(model: TorchClassifier, texts: list[str], batch: int, seconds: float
 
 def select(spec: SelectSpec) -> SelectResult:
     device = torch_device()
-    check = spec.texts[: min(len(spec.texts), 128)]
+    check = spec.texts[: spec.agreement_texts]
     reference: np.ndarray | None = None
     candidates = []
     for setting in settings_for(device):
