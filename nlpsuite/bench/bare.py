@@ -7,7 +7,6 @@ Single-text latency is one probe text per call, one call at a time.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ class BarePoint(BaseModel):
     concurrent: int
     texts_per_s: float
     cpu_cores: float  # CPU time / wall time while measuring
+    padding_waste: float  # 1 - real tokens / padded tokens over the batches run
 
 
 class BareResult(BaseModel):
@@ -53,10 +53,24 @@ class BareResult(BaseModel):
     peak_rss_mb: float
 
 
+def batches_of(texts: list[str], batch: int) -> list[list[str]]:
+    return [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
+
+
+def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
+    limit = model.encoder.max_length
+    real = padded = 0
+    for chunk in chunks:
+        lengths = [min(len(ids), limit) for ids in model.encoder.token_ids(chunk)]
+        real += sum(lengths)
+        padded += max(lengths) * len(lengths)
+    return 1 - real / padded
+
+
 def measure_rate(model: LoadedModel, texts: list[str], batch: int, seconds: float, concurrent: int
                  ) -> tuple[float, float]:
     """(texts/s, CPU cores used) of `concurrent` threads each running whole batches until time is up."""
-    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
+    chunks = batches_of(texts, batch)
     model.predict(chunks[0])
     stop_at = time.perf_counter() + seconds
 
@@ -98,7 +112,8 @@ def run(spec: BareSpec) -> BareResult:
         for batch in spec.batches:
             rate, cpu = measure_rate(model, spec.texts, batch, spec.seconds, concurrent)
             points.append(BarePoint(batch=batch, threads=threads, concurrent=concurrent, texts_per_s=round(rate, 2),
-                                    cpu_cores=round(cpu, 3)))
+                                    cpu_cores=round(cpu, 3),
+                                    padding_waste=round(padding_waste(model, batches_of(spec.texts, batch)), 4)))
             print(f"bare {variant}/{provider} batch {batch:3d} x {threads} threads x {concurrent} runs: "
                   f"{rate:8.1f} texts/s", flush=True)
     for threads in spec.latency_threads:

@@ -75,10 +75,12 @@ def markdown(result: BenchResult, command: str) -> str:
               f"service run: **{_f(result.bare_limit_texts_per_s)} texts/s**"
               + (f" (before {_f(b.best.texts_per_s)}, after {_f(result.bare_recheck.texts_per_s)})."
                  if result.bare_recheck else "."), "",
-              "| batch | ORT threads | concurrent runs | texts/s | CPU (cores) |", "|---:|---:|---:|---:|---:|"]
+              "| batch | ORT threads | concurrent runs | texts/s | CPU (cores) | padding waste |",
+              "|---:|---:|---:|---:|---:|---:|"]
     for p in sorted(b.points, key=lambda p: (p.threads, p.concurrent, p.batch)):
         star = " **best**" if p == b.best else ""
-        lines.append(f"| {p.batch} | {p.threads} | {p.concurrent} | {_f(p.texts_per_s)}{star} | {_f(p.cpu_cores, 2)} |")
+        lines.append(f"| {p.batch} | {p.threads} | {p.concurrent} | {_f(p.texts_per_s)}{star} | {_f(p.cpu_cores, 2)} | "
+                     f"{_f(p.padding_waste * 100)}% |")
     lines += ["", "| single-text latency (one call at a time, probe texts) | p50 ms | p99 ms |", "|---|---:|---:|"]
     for threads, lat in sorted(b.single_text.items()):
         lines.append(f"| {threads} ORT thread{'s' if threads > 1 else ''} | {_f(lat.p50_ms, 2)} | {_f(lat.p99_ms, 2)} |")
@@ -123,7 +125,7 @@ def chart(result: BenchResult, path: Path) -> None:
                  label=f"bare ONNX Runtime limit ({result.bare.variant}, in-process)")
     single = min(result.bare.single_text.values(), key=lambda lat: lat.p50_ms, default=None)
     if single is not None:
-        ax_l.axhline(single.p99_ms, color="black", ls="--", lw=1.5, label="bare runtime, one text per call")
+        ax_l.axhline(single.p99_ms, color="black", ls="--", lw=1.5, label="bare runtime, one text per call (p99)")
     levels = sorted({lv.concurrency for s in result.servers for lv in s.levels})
     for ax in (ax_t, ax_l):
         ax.set_xscale("log", base=2)
@@ -137,8 +139,9 @@ def chart(result: BenchResult, path: Path) -> None:
     ax_l.set_ylabel("p99 latency (ms, log scale)")
     ax_l.set_title("p99 latency (lower is better)")
     ax_t.legend(fontsize=8, loc="upper left")
+    ax_l.legend(fontsize=8, loc="upper left")
     m = result.meta
-    fig.suptitle(f"sentiment {m.model}: {m.texts['mix']} texts (mean {m.texts['texts']['mean']} tokens) on "
+    fig.suptitle(f"{m.model}: {m.texts['mix']} texts (mean {m.texts['texts']['mean']} tokens) on "
                  f"{m.host['cores']} cores{', GPU ' + str(m.host['gpu']) if m.host['gpu'] != 'none' else ''}",
                  fontsize=12)
     fig.tight_layout()

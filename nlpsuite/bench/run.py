@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from nlpsuite.bench.bare import BarePoint, BareResult, BareSpec
 from nlpsuite.bench.load import LoadResult, LoadSpec
+from nlpsuite.bench.peers import PeerSpec
 from nlpsuite.bench.procs import Child, cores, free_port, peak_rss_mb, python_module, wait_serving
 from nlpsuite.bench.recommend import run_recommend
 from nlpsuite.bench.results import BenchResult, Meta, ServerRun
@@ -199,8 +200,6 @@ class _Runner:
                          probe=load.probe, peak_rss_mb=round(peak, 1))
 
     def peer(self, name: str, label: str, setting: str, mode: str, threads: int, workers: int) -> ServerRun:
-        from nlpsuite.bench.peers import PeerSpec
-
         port, metrics_port = free_port(), free_port()
         m = self.version.manifest
         spec = PeerSpec(checkpoint=self.checkpoint, max_length=m.max_length, model_name=m.name,
