@@ -44,8 +44,8 @@ class Level(BaseModel):
     texts_per_s: float
     latency: Latency
     errors: int
-    mean_batch_size: float
-    padding_waste: float  # 1 - real tokens / padded tokens (real tokens estimated from the texts' mean)
+    mean_batch_size: float | None  # None: no batch completed in the window
+    padding_waste: float | None  # 1 - real tokens / padded tokens (real tokens estimated from the texts' mean)
     server_cpu_cores: float
     client_cpu_cores: float
 
@@ -120,8 +120,8 @@ async def run_level(spec: LoadSpec, clients: int) -> Level:
     padded = after["padded_tokens"] - before["padded_tokens"]
     return Level(
         concurrency=clients, texts_per_s=round(len(latencies) / wall, 2), latency=Latency.of(latencies),
-        errors=errors, mean_batch_size=round(texts / batches, 2) if batches else float("nan"),
-        padding_waste=round(1 - texts * spec.mean_tokens / padded, 4) if padded else float("nan"),
+        errors=errors, mean_batch_size=round(texts / batches, 2) if batches else None,
+        padding_waste=round(1 - texts * spec.mean_tokens / padded, 4) if padded else None,
         server_cpu_cores=round(server_cpu, 3), client_cpu_cores=round(client_cpu, 3))
 
 
@@ -144,8 +144,8 @@ async def run(spec: LoadSpec) -> LoadResult:
     for clients in spec.levels:
         level = await run_level(spec, clients)
         levels.append(level)
-        print(f"{spec.target} c={clients:3d}: {level.texts_per_s:8.1f} texts/s, p50 {level.latency.p50_ms:.1f} ms, "
-              f"p99 {level.latency.p99_ms:.1f} ms, batch {level.mean_batch_size}, errors {level.errors}", flush=True)
+        print(f"{spec.target} c={clients:3d}: {level.texts_per_s:8.1f} texts/s, p50 {level.latency.p50_ms} ms, "
+              f"p99 {level.latency.p99_ms} ms, batch {level.mean_batch_size}, errors {level.errors}", flush=True)
     latency = await probe(spec) if spec.probe and spec.probe_requests else None
     return LoadResult(levels=levels, probe=latency)
 

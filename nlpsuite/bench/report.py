@@ -30,8 +30,12 @@ Peak memory is the server process's VmHWM.
 """
 
 
-def _f(value: float, digits: int = 1) -> str:
+def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
 def markdown(result: BenchResult, command: str) -> str:
@@ -60,7 +64,7 @@ def markdown(result: BenchResult, command: str) -> str:
         for lv in s.levels:
             lines.append(f"| {s.label} | {lv.concurrency} | {_f(lv.texts_per_s)} | {_f(lv.latency.p50_ms)} | "
                          f"{_f(lv.latency.p95_ms)} | {_f(lv.latency.p99_ms)} | {_f(lv.mean_batch_size)} | "
-                         f"{_f(lv.padding_waste * 100)}% | {_f(lv.server_cpu_cores, 2)} | "
+                         f"{_pct(lv.padding_waste)} | {_f(lv.server_cpu_cores, 2)} | "
                          f"{_f(lv.client_cpu_cores, 2)} | {lv.errors} |")
     lines += ["", "| server | runs as | peak memory (MB) | concurrency 1, ~32-token texts: p50 / p99 ms |",
               "|---|---|---:|---|"]
@@ -80,7 +84,7 @@ def markdown(result: BenchResult, command: str) -> str:
     for p in sorted(b.points, key=lambda p: (p.threads, p.concurrent, p.batch)):
         star = " **best**" if p == b.best else ""
         lines.append(f"| {p.batch} | {p.threads} | {p.concurrent} | {_f(p.texts_per_s)}{star} | {_f(p.cpu_cores, 2)} | "
-                     f"{_f(p.padding_waste * 100)}% |")
+                     f"{_pct(p.padding_waste)} |")
     lines += ["", "| single-text latency (one call at a time, probe texts) | p50 ms | p99 ms |", "|---|---:|---:|"]
     for threads, lat in sorted(b.single_text.items()):
         lines.append(f"| {threads} ORT thread{'s' if threads > 1 else ''} | {_f(lat.p50_ms, 2)} | {_f(lat.p99_ms, 2)} |")
@@ -120,10 +124,12 @@ def chart(result: BenchResult, path: Path) -> None:
         color, marker, width = styles.get(s.name, ("tab:gray", "x", 1.5))
         xs = [lv.concurrency for lv in s.levels]
         ax_t.plot(xs, [lv.texts_per_s for lv in s.levels], color=color, marker=marker, lw=width, label=s.label)
-        ax_l.plot(xs, [lv.latency.p99_ms for lv in s.levels], color=color, marker=marker, lw=width, label=s.label)
+        ax_l.plot(xs, [math.nan if lv.latency.p99_ms is None else lv.latency.p99_ms for lv in s.levels], color=color,
+                  marker=marker, lw=width, label=s.label)
     ax_t.axhline(result.bare_limit_texts_per_s, color="black", ls="--", lw=1.5,
                  label=f"bare ONNX Runtime limit ({result.bare.variant}, in-process)")
-    single = min(result.bare.single_text.values(), key=lambda lat: lat.p50_ms, default=None)
+    single = min((lat for lat in result.bare.single_text.values() if lat.p50_ms is not None),
+                 key=lambda lat: lat.p50_ms, default=None)
     if single is not None:
         ax_l.axhline(single.p99_ms, color="black", ls="--", lw=1.5, label="bare runtime, one text per call (p99)")
     levels = sorted({lv.concurrency for s in result.servers for lv in s.levels})
@@ -154,7 +160,7 @@ def console(result: BenchResult) -> str:
     for s in result.servers:
         best = s.best
         lines.append(f"  {s.label:44s} {best.texts_per_s:8.1f} texts/s at c={best.concurrency:<3d} "
-                     f"p99 {best.latency.p99_ms:8.1f} ms  peak {s.peak_rss_mb:6.0f} MB")
+                     f"p99 {_f(best.latency.p99_ms):>8s} ms  peak {s.peak_rss_mb:6.0f} MB")
     lines.append(f"  {'bare ONNX Runtime limit (in-process)':44s} {result.bare_limit_texts_per_s:8.1f} texts/s "
                  f"(batch {result.bare.best.batch}, {result.bare.best.threads} threads x "
                  f"{result.bare.best.concurrent} runs)")

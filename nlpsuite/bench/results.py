@@ -90,8 +90,9 @@ class BenchResult(BaseModel):
                   passed=self.ratios["service_vs_bare_limit"] >= 0.85),
         ]
         probe = self.server("service").probe
-        if probe is not None and self.bare.single_text:
-            bare_p50 = min(lat.p50_ms for lat in self.bare.single_text.values())
+        bare_p50s = [lat.p50_ms for lat in self.bare.single_text.values() if lat.p50_ms is not None]
+        if probe is not None and probe.p50_ms is not None and bare_p50s:
+            bare_p50 = min(bare_p50s)
             bound = 1.3 * bare_p50 + 1.0
             self.ratios["service_c1_p50_vs_bare_single_text_p50"] = round(probe.p50_ms / bare_p50, 3)
             checks.append(Check(name=f"service p50 at concurrency 1, ~32-token texts (bare single text p50 "

@@ -30,7 +30,8 @@ class Profile(BaseModel):
     levels: list[int]
     warmup_s: float
     seconds: float
-    probe_requests: int
+    probe_requests: int  # concurrency-1 requests on ~32-token texts, our service (the acceptance check)
+    peer_probe_requests: int  # the same for the PyTorch servers (for the table only)
     bare_batches: list[int]
     bare_seconds: float
     latency_requests: int
@@ -42,10 +43,10 @@ class Profile(BaseModel):
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
-               bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300, torch_batch=32,
-               torch_seconds=3.0, agreement_texts=128, recommend_cold=20, recommend_warm=50)
+               peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300, torch_batch=32,
+               torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50)
 QUICK = Profile(texts=64, probe_texts=16, levels=[1, 8], warmup_s=0.3, seconds=1.0, probe_requests=20,
-                bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8, torch_seconds=0.5,
+                peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8, torch_seconds=0.5,
                 agreement_texts=16, recommend_cold=3, recommend_warm=5)
 
 
@@ -164,13 +165,13 @@ class _Runner:
                         latency_threads=sorted({1, cores()}) if latency else [], latency_requests=p.latency_requests)
         return BareResult.model_validate_json(self._child_json(name, "nlpsuite.bench.bare", spec, 900))
 
-    def drive(self, name: str, server: Child, port: int, metrics_port: int) -> LoadResult:
+    def drive(self, name: str, server: Child, port: int, metrics_port: int, probe_requests: int) -> LoadResult:
         p = self.profile
         spec = LoadSpec(target=f"127.0.0.1:{port}", server_pid=server.pid,
                         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", texts=self.texts.texts,
                         mean_tokens=self.texts.mean_tokens, levels=p.levels, warmup_s=p.warmup_s, seconds=p.seconds,
-                        probe=self.texts.probe, probe_requests=p.probe_requests)
-        budget = len(p.levels) * (p.warmup_s + p.seconds + 130) + p.probe_requests * 2 + 60
+                        probe=self.texts.probe, probe_requests=probe_requests)
+        budget = len(p.levels) * (p.warmup_s + p.seconds + 130) + probe_requests * 2 + 60
         return LoadResult.model_validate_json(self._child_json(f"load-{name}", "nlpsuite.bench.load", spec, budget))
 
     def service(self) -> ServerRun:
@@ -186,7 +187,7 @@ class _Runner:
         try:
             wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
             info = _model_info(f"127.0.0.1:{port}")
-            load = self.drive("service", child, port, metrics_port)
+            load = self.drive("service", child, port, metrics_port, self.profile.probe_requests)
             peak = peak_rss_mb(child.pid)
         finally:
             child.stop()
@@ -211,7 +212,7 @@ class _Runner:
         try:
             wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
             info = _model_info(f"127.0.0.1:{port}")
-            load = self.drive(name, child, port, metrics_port)
+            load = self.drive(name, child, port, metrics_port, self.profile.peer_probe_requests)
             peak = peak_rss_mb(child.pid)
         finally:
             child.stop()

@@ -6,17 +6,18 @@ from pydantic import BaseModel
 
 
 class Latency(BaseModel):
+    """Percentiles in ms; None when nothing completed (JSON has no NaN)."""
+
     n: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
 
     @classmethod
     def of(cls, seconds: list[float]) -> Latency:
         if not seconds:
-            nan = float("nan")
-            return cls(n=0, p50_ms=nan, p95_ms=nan, p99_ms=nan, mean_ms=nan)
+            return cls(n=0, p50_ms=None, p95_ms=None, p99_ms=None, mean_ms=None)
         ms = np.asarray(seconds) * 1000
         p50, p95, p99 = np.percentile(ms, [50, 95, 99])
         return cls(n=len(ms), p50_ms=round(float(p50), 3), p95_ms=round(float(p95), 3),

@@ -23,6 +23,7 @@ from nlpsuite.bench.procs import cpu_seconds, peak_rss_mb
 CPU_SETTINGS = ("fp32", "bf16-autocast", "int8-dynamic")
 GPU_SETTINGS = ("fp32", "fp16-autocast", "bf16-autocast")
 MIN_AGREEMENT = 0.95  # a setting must give fp32's label on at least this share of texts to be picked
+HOPELESS = 3.0  # a setting this many times slower than the best so far is not tried in its other layouts
 
 
 class TorchMissingError(RuntimeError):
@@ -164,6 +165,8 @@ def select(spec: SelectSpec) -> SelectResult:
                                         label_agreement=round(agreement, 4), eligible=agreement >= MIN_AGREEMENT))
             print(f"torch {setting:14s} {threads} threads x {concurrent} calls, batch {spec.batch}: {rate:8.1f} "
                   f"texts/s (labels agree with fp32: {agreement:.3f})", flush=True)
+            if rate < max(c.texts_per_s for c in candidates) / HOPELESS:
+                break  # its other layouts cannot win: spare the time (bf16 on a CPU without bf16 units)
         del model
     best = max((c for c in candidates if c.eligible), key=lambda c: c.texts_per_s)
     return SelectResult(device=device, candidates=candidates, best=best, peak_rss_mb=round(peak_rss_mb(), 1))
