@@ -119,7 +119,7 @@ def chart(result: BenchResult, path: Path) -> None:
 
     styles = {"service": ("tab:green", "o", 3.0), "torch-fp32": ("tab:red", "s", 1.8),
               "torch-fp32-batched": ("tab:orange", "^", 1.8), "torch-best-batched": ("tab:purple", "D", 1.8)}
-    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(13, 6))
     for s in result.servers:
         color, marker, width = styles.get(s.name, ("tab:gray", "x", 1.5))
         xs = [lv.concurrency for lv in s.levels]
@@ -139,18 +139,21 @@ def chart(result: BenchResult, path: Path) -> None:
         ax.set_xlabel("concurrent clients (one text per request)")
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_ylabel("throughput (texts/s)")
-    ax_t.set_ylim(bottom=0)
+    top = max([result.bare_limit_texts_per_s] + [lv.texts_per_s for s in result.servers for lv in s.levels])
+    ax_t.set_ylim(0, top * 1.1)
     ax_t.set_title("Throughput (higher is better)")
     ax_l.set_yscale("log")
     ax_l.set_ylabel("p99 latency (ms, log scale)")
     ax_l.set_title("p99 latency (lower is better)")
-    ax_t.legend(fontsize=8, loc="upper left")
-    ax_l.legend(fontsize=8, loc="upper left")
+    handles, labels = ax_t.get_legend_handles_labels()
+    more = [(h, l) for h, l in zip(*ax_l.get_legend_handles_labels()) if l not in labels]
+    fig.legend(handles + [h for h, _ in more], labels + [l for _, l in more], loc="lower center", ncol=3, fontsize=9,
+               frameon=False)
     m = result.meta
     fig.suptitle(f"{m.model}: {m.texts['mix']} texts (mean {m.texts['texts']['mean']} tokens) on "
                  f"{m.host['cores']} cores{', GPU ' + str(m.host['gpu']) if m.host['gpu'] != 'none' else ''}",
                  fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -43,11 +43,11 @@ class Profile(BaseModel):
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
-               peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300, torch_batch=32,
-               torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50)
+               peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300,
+               torch_batch=32, torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50)
 QUICK = Profile(texts=64, probe_texts=16, levels=[1, 8], warmup_s=0.3, seconds=1.0, probe_requests=20,
-                peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8, torch_seconds=0.5,
-                agreement_texts=16, recommend_cold=3, recommend_warm=5)
+                peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8,
+                torch_seconds=0.5, agreement_texts=16, recommend_cold=3, recommend_warm=5)
 
 
 class BenchConfig(BaseModel):
