@@ -235,6 +235,16 @@ def run_bench(config: BenchConfig) -> BenchResult:
     load_start = os.getloadavg()[0]
     require_torch()
     version, checkpoint = resolve_with_checkpoint(config)
+    movielens = config.data_dir / "movielens_latest_small"
+    if config.embedder:  # fail now, not after minutes of measuring
+        try:
+            ModelRepository(config.repository).resolve(config.embedder)
+        except ModelRepoError as exc:
+            raise ModelRepoError(f"{exc}: the recommend cache check needs an embedder (--embedder NAME, or pass "
+                                 f"--no-recommend)") from None
+        if not (movielens / "movies.csv").is_file():
+            raise ModelRepoError(f"{movielens} has no movies.csv: the recommend check needs MovieLens "
+                                 f"(or pass --no-recommend)")
     p = config.profile
     texts = make_textset(config.data_dir, version.tokenizer_path, config.mix, p.texts, p.probe_texts)
     runner = _Runner(config, version, checkpoint, texts, started)
@@ -265,8 +275,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
     rec = None
     if config.embedder:
         runner.log("recommend: warm vs cold item cache")
-        rec = run_recommend(config.repository, config.embedder, config.data_dir / "movielens_latest_small",
-                            config.provider, runner.logs, p.recommend_cold, p.recommend_warm)
+        rec = run_recommend(config.repository, config.embedder, movielens, config.provider, runner.logs,
+                            p.recommend_cold, p.recommend_warm)
     meta = Meta(started_at=started_at, wall_s=round(time.monotonic() - started, 1), command=config.command,
                 quick=config.quick, host=_host(), load_avg_start=round(load_start, 2),
                 load_avg_end=round(os.getloadavg()[0], 2), libraries=_libraries(),
