@@ -34,6 +34,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")
     p.add_argument("--force", action="store_true", help="publish variants that fail the accuracy gate (marked forced)")
     p.add_argument("--variants", default="fp32,int8,fp16")
+    p.add_argument("--save-checkpoint", action="store_true",
+                   help="also keep the fine-tuned Hugging Face checkpoint in the version (checkpoint/, ~90 MB for "
+                        "MiniLM): `nlpsuite bench` needs it to serve the same model with PyTorch")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -63,6 +66,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ),
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
+        save_checkpoint=args.save_checkpoint,
     )
     version = build(config)
     _print_built(version)
@@ -213,6 +217,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.repository, alert_timeout_s=args.alert_timeout, keep_running=args.keep_running)
 
 
+def _default_data_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("NLPSUITE_DATA_DIR", "../shared/data"))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from nlpsuite.bench.texts import TextsError
+    from nlpsuite.bench.torch_models import TorchMissingError
+
+    if not args.data_dir.is_dir():
+        print(f"nlpsuite bench: error: data dir {args.data_dir} not found: pass --data-dir (or NLPSUITE_DATA_DIR), "
+              "the folder holding financial_phrasebank/ and movielens_latest_small/", file=sys.stderr)
+        return 2
+    from nlpsuite.bench.report import console, write_all
+    from nlpsuite.bench.run import BenchConfig, run_bench
+
+    config = BenchConfig(
+        repository=args.repository, model=args.model, version=args.version,
+        embedder=None if args.no_recommend else args.embedder, data_dir=args.data_dir, mix=args.mix,
+        provider=args.provider, quick=args.quick,
+        levels=[int(c) for c in args.levels.split(",")] if args.levels else None, seconds=args.seconds,
+        out=args.out, publish=args.publish, command="nlpsuite " + " ".join(sys.argv[1:]),
+    )
+    try:
+        result = run_bench(config)
+    except (TorchMissingError, TextsError) as exc:
+        print(f"nlpsuite bench: error: {exc}", file=sys.stderr)
+        return 2
+    written = write_all(result, args.out, config.command, args.publish)
+    print(console(result))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlpsuite", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -257,6 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-3)
     p.set_defaults(func=_cmd_quantcheck)
 
+
+    p = sub.add_parser("bench", help="our sentiment service vs PyTorch serving vs the bare ONNX Runtime limit "
+                                     "(needs the train extra and a model built with --save-checkpoint)")
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default: models)")
+    p.add_argument("--model", default="sentiment", help="the classifier to serve (default: sentiment)")
+    p.add_argument("--version", help="model version (default: the newest)")
+    p.add_argument("--embedder", default="embedder", help="embedder for the recommend cache check (default: embedder)")
+    p.add_argument("--no-recommend", action="store_true", help="skip the recommend cache check")
+    p.add_argument("--data-dir", type=Path, default=_default_data_dir(),
+                   help="the shared data sets (default: $NLPSUITE_DATA_DIR or ../shared/data)")
+    p.add_argument("--mix", default="medium", choices=["short", "medium", "long", "mixed"],
+                   help="text lengths: short ~16, medium ~64, long ~128 tokens, or a third of each")
+    p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="a smoke run in seconds (tests); figures mean little")
+    p.add_argument("--levels", help="concurrency levels, comma-separated (default: 1,8,32,128; quick: 1,8)")
+    p.add_argument("--seconds", type=float, help="measuring window per level (default: 8; quick: 1)")
+    p.add_argument("--out", type=Path, default=Path("bench-results"),
+                   help="where bench.json, benchmark.md, benchmark.png and the logs go (default: bench-results)")
+    p.add_argument("--publish", type=Path, help="also write benchmark.md and benchmark.png here (e.g. docs)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("broker", help="run the local Kafka-compatible Tansu broker (memory only: data is lost on stop)")
     p.add_argument("--port", type=int, default=9092)

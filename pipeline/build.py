@@ -28,6 +28,7 @@ from nlpsuite.shared.tokenization import TextEncoder
 log = logging.getLogger(__name__)
 
 VARIANT_ORDER = ("fp32", "int8", "fp16")
+CHECKPOINT_DIR = "checkpoint"
 QUANTIZATION = (
     "int8: per-channel symmetric 7-bit weights in int8 (no u8s8 saturation on non-VNNI CPUs); per-token dynamic int8 activations (scale from each token's "
     "own max |x|), so a text's result is independent of its batch; embedding tables int8 per row. "
@@ -54,6 +55,9 @@ class BuildConfig(BaseModel):
     force: bool = False
     variants: tuple[str, ...] = VARIANT_ORDER
     progress: bool = True
+    # Off by default: the repository is what gets deployed and serving never reads torch weights; the
+    # checkpoint adds ~90 MB per MiniLM version and is needed only by `nlpsuite bench` and re-exports.
+    save_checkpoint: bool = False
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -144,6 +148,9 @@ def build(config: BuildConfig) -> ModelVersion:
             raise DataError(f"base checkpoint {base}: its tokenizer cannot be saved as a fast tokenizer.json")
         shutil.copy2(tok_dir / TOKENIZER, staging / TOKENIZER)
         shutil.rmtree(tok_dir)
+        if config.save_checkpoint:
+            model.save_pretrained(str(staging / CHECKPOINT_DIR))
+            tokenizer.save_pretrained(str(staging / CHECKPOINT_DIR))
 
         raw = export_onnx(model, config.task, staging / "raw.onnx")
         num_heads = base_config.get("num_attention_heads") or base_config.get("n_heads")
@@ -208,6 +215,7 @@ def build(config: BuildConfig) -> ModelVersion:
             variants=variants,
             quantization=QUANTIZATION,
             libraries=_library_versions(),
+            checkpoint=CHECKPOINT_DIR if config.save_checkpoint else None,
             extra={
                 "refused_variants": refused,
                 "max_drop_points": config.max_drop_points,

@@ -7,6 +7,8 @@ Layout of one version (written by `nlpsuite build`, read by every service):
     model.fp32.onnx      fused reference
     model.int8.onnx      batch-invariant int8, for CPUs
     model.fp16.onnx      for GPUs
+    checkpoint/          optional (`nlpsuite build --save-checkpoint`): the fine-tuned Hugging Face checkpoint,
+                         for PyTorch comparisons (`nlpsuite bench`) and re-export; serving never reads it
 
 Publishing is atomic: a version is assembled in a hidden temp dir beside its final place and renamed
 into place, so a reader sees either no version or a complete one.
@@ -60,6 +62,7 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, object] = Field(default_factory=dict)
+    checkpoint: str | None = None  # dir of the fine-tuned Hugging Face checkpoint, relative to the version
 
 
 class ModelVersion(BaseModel):
@@ -83,6 +86,17 @@ class ModelVersion(BaseModel):
     @property
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The saved fine-tuned checkpoint, or None when the version was built without one."""
+        if self.manifest.checkpoint is None:
+            return None
+        path = self.path / self.manifest.checkpoint
+        if not (path / "config.json").is_file():
+            raise ModelRepoError(f"model {self.manifest.name} version {self.manifest.version}: its manifest "
+                                 f"names checkpoint {self.manifest.checkpoint!r} but {path} holds no config.json")
+        return path
 
 
 def read_manifest(version_dir: Path) -> Manifest:

@@ -1,0 +1,138 @@
+"""The bare-runtime limit: the served ONNX model called in-process with ONNX Runtime, no server.
+
+Run as a child process (`python -m nlpsuite.bench.bare SPEC OUT`) so its CPU time and peak memory are its own.
+Throughput is tokenize + pad + run on fixed batches of the load texts, for every batch size and thread
+layout (ORT threads per run x concurrent runs; ORT releases the GIL); the best point is the limit.
+Single-text latency is one probe text per call, one call at a time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from nlpsuite.bench.procs import cpu_seconds, peak_rss_mb
+from nlpsuite.bench.stats import Latency
+from nlpsuite.shared.model import LoadedModel, open_model
+from nlpsuite.shared.model_repo import ModelRepository
+
+
+class BareSpec(BaseModel):
+    repository: Path
+    model: str
+    version: str | None = None
+    provider: str = "auto"
+    texts: list[str]
+    probe: list[str]
+    batches: list[int]
+    layouts: list[tuple[int, int]]  # (ORT intra-op threads, concurrent runs)
+    seconds: float
+    latency_threads: list[int] = []  # empty: no single-text latency
+    latency_requests: int = 200
+
+
+class BarePoint(BaseModel):
+    batch: int
+    threads: int
+    concurrent: int
+    texts_per_s: float
+    cpu_cores: float  # CPU time / wall time while measuring
+    padding_waste: float  # 1 - real tokens / padded tokens over the batches run
+
+
+class BareResult(BaseModel):
+    provider: str
+    variant: str
+    points: list[BarePoint]
+    best: BarePoint
+    single_text: dict[int, Latency]  # by ORT threads
+    peak_rss_mb: float
+
+
+def batches_of(texts: list[str], batch: int) -> list[list[str]]:
+    return [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
+
+
+def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
+    limit = model.encoder.max_length
+    real = padded = 0
+    for chunk in chunks:
+        lengths = [min(len(ids), limit) for ids in model.encoder.token_ids(chunk)]
+        real += sum(lengths)
+        padded += max(lengths) * len(lengths)
+    return 1 - real / padded
+
+
+def measure_rate(model: LoadedModel, texts: list[str], batch: int, seconds: float, concurrent: int
+                 ) -> tuple[float, float]:
+    """(texts/s, CPU cores used) of `concurrent` threads each running whole batches until time is up."""
+    chunks = batches_of(texts, batch)
+    model.predict(chunks[0])
+    stop_at = time.perf_counter() + seconds
+
+    def loop(offset: int) -> int:
+        done, i = 0, offset
+        while time.perf_counter() < stop_at:
+            chunk = chunks[i % len(chunks)]
+            model.predict(chunk)
+            done += len(chunk)
+            i += concurrent
+        return done
+
+    cpu0, started = cpu_seconds(os.getpid()), time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as pool:
+        total = sum(pool.map(loop, range(concurrent)))
+    wall = time.perf_counter() - started
+    return total / wall, (cpu_seconds(os.getpid()) - cpu0) / wall
+
+
+def single_text_latency(model: LoadedModel, texts: list[str], requests: int) -> Latency:
+    for text in texts[:10]:
+        model.predict([text])
+    samples = []
+    for i in range(requests):
+        t0 = time.perf_counter()
+        model.predict([texts[i % len(texts)]])
+        samples.append(time.perf_counter() - t0)
+    return Latency.of(samples)
+
+
+def run(spec: BareSpec) -> BareResult:
+    version = ModelRepository(spec.repository).resolve(spec.model, spec.version)
+    points: list[BarePoint] = []
+    single: dict[int, Latency] = {}
+    provider = variant = ""
+    for threads, concurrent in spec.layouts:
+        model = open_model(version, provider=spec.provider, intra_threads=threads)
+        provider, variant = model.provider, model.variant
+        for batch in spec.batches:
+            rate, cpu = measure_rate(model, spec.texts, batch, spec.seconds, concurrent)
+            points.append(BarePoint(batch=batch, threads=threads, concurrent=concurrent, texts_per_s=round(rate, 2),
+                                    cpu_cores=round(cpu, 3),
+                                    padding_waste=round(padding_waste(model, batches_of(spec.texts, batch)), 4)))
+            print(f"bare {variant}/{provider} batch {batch:3d} x {threads} threads x {concurrent} runs: "
+                  f"{rate:8.1f} texts/s", flush=True)
+    for threads in spec.latency_threads:
+        model = open_model(version, provider=spec.provider, intra_threads=threads)
+        single[threads] = single_text_latency(model, spec.probe, spec.latency_requests)
+        print(f"bare single text, {threads} threads: p50 {single[threads].p50_ms:.2f} ms", flush=True)
+    best = max(points, key=lambda p: p.texts_per_s)
+    return BareResult(provider=provider, variant=variant, points=points, best=best, single_text=single,
+                      peak_rss_mb=round(peak_rss_mb(), 1))
+
+
+def main(argv: list[str]) -> int:
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # GPU providers failing to load on a CPU-only host is expected
+    spec = BareSpec.model_validate_json(Path(argv[0]).read_text())
+    Path(argv[1]).write_text(run(spec).model_dump_json(indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
