@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recommend", action="store_true", help="skip the recommend cache check")
     p.add_argument("--data-dir", type=Path, default=_default_data_dir(),
                    help="the shared data sets (default: $NLPSUITE_DATA_DIR or ../shared/data)")
-    p.add_argument("--mix", default="medium", choices=["short", "medium", "long", "mixed"],
-                   help="text lengths: short ~16, medium ~64, long ~128 tokens, or a third of each")
+    p.add_argument("--mix", default="medium", choices=["short", "sentence", "medium", "long", "mixed"],
+                   help="text lengths: short ~16, sentence ~32, medium ~64, long ~128 tokens, or a third of "
+                        "short, medium and long")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="a smoke run in seconds (tests); figures mean little")
     p.add_argument("--levels", help="concurrency levels, comma-separated (default: 1,8,32,128; quick: 1,8)")

@@ -17,6 +17,7 @@ from nlpsuite.shared.tokenization import TextEncoder
 BANDS: dict[str, tuple[int, int]] = {"short": (12, 20), "probe": (28, 36), "medium": (52, 76), "long": (112, 128)}
 MIXES: dict[str, dict[str, float]] = {
     "short": {"short": 1.0},
+    "sentence": {"probe": 1.0},  # ~32 tokens: one typical headline or sentence
     "medium": {"medium": 1.0},
     "long": {"long": 1.0},
     "mixed": {"short": 1 / 3, "medium": 1 / 3, "long": 1 / 3},
