@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field

@@ -19,7 +19,6 @@ import pytest
 
 from nlpsuite.demo import (CHAT_MESSAGES, EXAMPLES, HEADLINES, MODELS, Children, keep_running_help,
                            reader_example, serve_env)
-from tests.monitor_support import ROOT
 
 
 def processes_with(marker: str) -> list[int]:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +18,6 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import BatchSettings, ModelSettings, SentimentSettings
 from nlpsuite.shared.model import open_model, softmax
 from nlpsuite.shared.resources import examples_path
-from nlpsuite.v1 import sentiment_pb2
 from tests.servers import ServerThread
 
 TEXTS = [

@@ -7,15 +7,13 @@ Single-text latency is one probe text per call, one call at a time.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from nlpsuite.bench.procs import cpu_seconds, peak_rss_mb
+from nlpsuite.bench.procs import batches_of, measure_rate, peak_rss_mb
 from nlpsuite.bench.stats import Latency
 from nlpsuite.shared.model import LoadedModel, open_model
 from nlpsuite.shared.model_repo import ModelRepository
@@ -53,10 +51,6 @@ class BareResult(BaseModel):
     peak_rss_mb: float
 
 
-def batches_of(texts: list[str], batch: int) -> list[list[str]]:
-    return [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
-
-
 def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
     limit = model.encoder.max_length
     real = padded = 0
@@ -65,29 +59,6 @@ def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
         real += sum(lengths)
         padded += max(lengths) * len(lengths)
     return 1 - real / padded
-
-
-def measure_rate(model: LoadedModel, texts: list[str], batch: int, seconds: float, concurrent: int
-                 ) -> tuple[float, float]:
-    """(texts/s, CPU cores used) of `concurrent` threads each running whole batches until time is up."""
-    chunks = batches_of(texts, batch)
-    model.predict(chunks[0])
-    stop_at = time.perf_counter() + seconds
-
-    def loop(offset: int) -> int:
-        done, i = 0, offset
-        while time.perf_counter() < stop_at:
-            chunk = chunks[i % len(chunks)]
-            model.predict(chunk)
-            done += len(chunk)
-            i += concurrent
-        return done
-
-    cpu0, started = cpu_seconds(os.getpid()), time.perf_counter()
-    with ThreadPoolExecutor(concurrent) as pool:
-        total = sum(pool.map(loop, range(concurrent)))
-    wall = time.perf_counter() - started
-    return total / wall, (cpu_seconds(os.getpid()) - cpu0) / wall
 
 
 def single_text_latency(model: LoadedModel, texts: list[str], requests: int) -> Latency:
@@ -110,7 +81,7 @@ def run(spec: BareSpec) -> BareResult:
         model = open_model(version, provider=spec.provider, intra_threads=threads)
         provider, variant = model.provider, model.variant
         for batch in spec.batches:
-            rate, cpu = measure_rate(model, spec.texts, batch, spec.seconds, concurrent)
+            rate, cpu = measure_rate(model.predict, spec.texts, batch, spec.seconds, concurrent)
             points.append(BarePoint(batch=batch, threads=threads, concurrent=concurrent, texts_per_s=round(rate, 2),
                                     cpu_cores=round(cpu, 3),
                                     padding_waste=round(padding_waste(model, batches_of(spec.texts, batch)), 4)))

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -109,3 +111,32 @@ async def _wait_serving(target: str, service: str, child: Child, timeout: float)
 def wait_serving(target: str, service: str, child: Child, timeout: float = 300.0) -> None:
     """Block until the gRPC health service says SERVING for `service`; fail early if the child died."""
     asyncio.run(_wait_serving(target, service, child, timeout))
+
+
+def batches_of(texts: list[str], batch: int) -> list[list[str]]:
+    """Whole batches of `batch` texts (at least one, even if short)."""
+    return [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
+
+
+def measure_rate(predict: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float,
+                 concurrent: int) -> tuple[float, float]:
+    """(texts/s, CPU cores used) of `concurrent` threads each calling `predict` on whole batches until time is
+    up (the runtimes release the GIL while they compute)."""
+    chunks = batches_of(texts, batch)
+    predict(chunks[0])
+    stop_at = time.perf_counter() + seconds
+
+    def loop(offset: int) -> int:
+        done, i = 0, offset
+        while time.perf_counter() < stop_at:
+            chunk = chunks[i % len(chunks)]
+            predict(chunk)
+            done += len(chunk)
+            i += concurrent
+        return done
+
+    cpu0, started = cpu_seconds(os.getpid()), time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as pool:
+        total = sum(pool.map(loop, range(concurrent)))
+    wall = time.perf_counter() - started
+    return total / wall, (cpu_seconds(os.getpid()) - cpu0) / wall

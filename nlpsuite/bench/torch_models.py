@@ -8,17 +8,14 @@ fastest whose labels agree with fp32's (so a broken setting cannot win).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from nlpsuite.bench.procs import cpu_seconds, peak_rss_mb
+from nlpsuite.bench.procs import measure_rate, peak_rss_mb
 
 CPU_SETTINGS = ("fp32", "bf16-autocast", "int8-dynamic")
 GPU_SETTINGS = ("fp32", "fp16-autocast", "bf16-autocast")
@@ -124,28 +121,6 @@ class SelectResult(BaseModel):
     peak_rss_mb: float
 
 
-def measure(model: TorchClassifier, texts: list[str], batch: int, seconds: float, concurrent: int
-            ) -> tuple[float, float]:
-    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts[:batch]]
-    model.predict(chunks[0])
-    stop_at = time.perf_counter() + seconds
-
-    def loop(offset: int) -> int:
-        done, i = 0, offset
-        while time.perf_counter() < stop_at:
-            chunk = chunks[i % len(chunks)]
-            model.predict(chunk)
-            done += len(chunk)
-            i += concurrent
-        return done
-
-    cpu0, started = cpu_seconds(os.getpid()), time.perf_counter()
-    with ThreadPoolExecutor(concurrent) as pool:
-        total = sum(pool.map(loop, range(concurrent)))
-    wall = time.perf_counter() - started
-    return total / wall, (cpu_seconds(os.getpid()) - cpu0) / wall
-
-
 def select(spec: SelectSpec) -> SelectResult:
     device = torch_device()
     check = spec.texts[: spec.agreement_texts]
@@ -159,7 +134,7 @@ def select(spec: SelectSpec) -> SelectResult:
         agreement = float((labels == reference).mean())
         for threads, concurrent in spec.layouts:
             model.threads = threads
-            rate, cpu = measure(model, spec.texts, spec.batch, spec.seconds, concurrent)
+            rate, cpu = measure_rate(model.predict, spec.texts, spec.batch, spec.seconds, concurrent)
             candidates.append(Candidate(setting=setting, threads=threads, concurrent=concurrent, batch=spec.batch,
                                         texts_per_s=round(rate, 2), cpu_cores=round(cpu, 3),
                                         label_agreement=round(agreement, 4), eligible=agreement >= MIN_AGREEMENT))
