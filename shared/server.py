@@ -36,6 +36,8 @@ class Service(abc.ABC):
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = Metrics(self.short_name)
+        self.draining = False  # set on shutdown: calls that arrive from then on are refused with UNAVAILABLE
+        self.in_flight = 0  # unary calls admitted and not yet answered
 
     @abc.abstractmethod
     def add_to_server(self, server: grpc.aio.Server) -> None: ...
@@ -70,6 +72,11 @@ def unary(method: str, field: str):
         async def wrapper(self: Service, request, context: grpc.aio.ServicerContext):
             timing = Timing(time.perf_counter())
             code = "OK"
+            if self.draining:
+                code = "UNAVAILABLE"
+                self.metrics.observe_request(method, code, timing.stages())
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry another replica")
+            self.in_flight += 1
             try:
                 if isinstance(request, MalformedRequest):
                     raise InvalidArgument(str(request))
@@ -87,6 +94,7 @@ def unary(method: str, field: str):
                 log.debug("handler failure detail", exc_info=True)  # the message may quote customer text
                 await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error")
             finally:
+                self.in_flight -= 1
                 self.metrics.observe_request(method, code, timing.stages())
 
         return wrapper
@@ -183,7 +191,9 @@ class GrpcServer:
         await asyncio.shield(self._load_task)
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, stop taking new RPCs, let in-flight ones finish within the grace period."""
+        """NOT_SERVING first, then drain: calls arriving from now on get UNAVAILABLE from the handler (a clear,
+        retryable answer, rather than the CANCELLED gRPC gives calls that race its own shutdown) while admitted
+        unary calls finish; then gRPC stops, giving streams what is left of the grace period."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -191,10 +201,14 @@ class GrpcServer:
         log.info("shutting down", extra={"service": self.service.short_name, "grace_s": grace})
         if self.server is None or self.health is None:  # never started
             return
+        deadline = time.monotonic() + grace
+        self.service.draining = True
         await self.health.enter_graceful_shutdown()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-        await self.server.stop(grace)
+        while self.service.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.service.close()
