@@ -4,7 +4,8 @@ Requests queue as tokenized texts. A batch forms when a worker is free: it start
 text and adds the texts closest to it in length (less padding) while the batch stays within `max_batch_size`
 texts and `max_batch_tokens` padded tokens. If the batch is not full, it waits up to `max_delay` (counted
 from the oldest text's arrival) for company. Texts whose deadline has passed, or whose caller went away, are
-dropped before they cost compute. The model runs on a worker thread, so the event loop stays free.
+dropped before they cost compute. The model runs on a worker thread, so the event loop stays free; a batch that
+starts while no other runs is told so (`alone`), and may use more threads.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[list[list[int]]], np.ndarray]
+RunBatch = Callable[[list[list[int]], bool], np.ndarray]  # (token ids, alone: no other batch is running)
 RATE_SMOOTHING = 0.2  # weight of the newest batch in the texts-per-second estimate
 RATE_MIN_BATCHES = 8  # batches seen before the estimate is trusted for shedding
 
@@ -74,7 +75,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int = 32,
         max_batch_tokens: int = 4096,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = 0.0,
         capacity: int = 1024,
         workers: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -276,9 +277,10 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
         self.batches += 1
+        alone = self._running == 0
         self._running += 1
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch])
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch], alone)
         except asyncio.CancelledError:  # stop() while this batch ran: its callers must not wait forever
             for item in batch:
                 if not item.future.done():

@@ -32,6 +32,9 @@ class ModelSettings(_Strict):
     variant: Literal["int8", "fp16", "fp32"] | None = None  # None: int8 on CPU, fp16 on GPU
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
     intra_threads: int = Field(1, ge=0, description="ONNX Runtime threads per batch run (0: runtime default)")
+    solo_threads: int | None = Field(None, ge=0, description="ONNX Runtime threads for a batch that runs while no "
+                                     "other does (lower latency at light load; CPU only). None: the cores this "
+                                     "process may use (affinity and cgroup CPU limit); 0 or <= intra_threads: off")
     reload_interval_s: float = Field(10.0, ge=0, description="poll for a newer published version when version "
                                      "is None, and switch to it without dropping requests (0: never)")
 
@@ -40,7 +43,8 @@ class BatchSettings(_Strict):
     workers: int = Field(2, ge=1, description="batches run concurrently (each on its own thread)")
     max_batch_size: int = Field(32, ge=1)
     max_batch_tokens: int = Field(4096, ge=1, description="budget of padded tokens (size x longest) per batch")
-    max_delay_ms: float = Field(2.0, ge=0, description="longest wait for company once a request is queued")
+    max_delay_ms: float = Field(0.0, ge=0, description="longest wait for company once a request is queued, when "
+                                "a worker is free (0: run at once; under load batches form while workers are busy)")
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
 
 

@@ -10,6 +10,8 @@ import contextlib
 import functools
 import io
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,10 +40,26 @@ class RuntimeSession:
         return self.provider != "CPUExecutionProvider"
 
 
-def _session_options(intra_threads: int, inter_threads: int) -> ort.SessionOptions:
+def available_cores() -> int:
+    """CPU cores this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    CPU limit; the affinity mask of a pod on a big node lists every core of the node)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def _session_options(intra_threads: int, inter_threads: int, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
+    if not spinning:
+        # Idle pool threads sleep instead of spinning: a session that shares cores with others must not burn them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # failed GPU provider probes are expected on CPU machines; we log our own line
     return options
@@ -97,14 +115,15 @@ def _probe(choice: str) -> bool:
 
 
 def create_session(
-    path: Path, provider: ProviderChoice = "auto", intra_threads: int = 0, inter_threads: int = 1
+    path: Path, provider: ProviderChoice = "auto", intra_threads: int = 0, inter_threads: int = 1,
+    spinning: bool = True,
 ) -> RuntimeSession:
     """Open a model on the first provider that really works, in the order TensorRT, CUDA, CPU.
 
     `provider` other than "auto" forces one; if it cannot run here we raise instead of silently falling back.
     """
     order = _AUTO_ORDER if provider == "auto" else (provider,)
-    options = _session_options(intra_threads, inter_threads)
+    options = _session_options(intra_threads, inter_threads, spinning)
     errors: list[str] = []
     for choice in order:
         name = _NAMES[choice]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -127,7 +128,7 @@ class ServedModel:
             raise ModelRepoError(f"{where}: manifest.json lists no labels for a classifier")
         try:
             model = open_model(resolved, provider=s.provider, variant=s.variant, intra_threads=s.intra_threads,
-                               max_length=min(self.max_tokens, manifest.max_length))
+                               max_length=min(self.max_tokens, manifest.max_length), solo_threads=s.solo_threads)
         except ModelRepoError as exc:
             raise ModelRepoError(f"{where}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers raise their own types
@@ -135,9 +136,10 @@ class ServedModel:
                                  ) from exc
         # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING. They also
         # prove that the model's outputs fit its manifest.
-        for texts in ([WARMUP_TEXTS[0]], list(WARMUP_TEXTS), list(WARMUP_TEXTS) * 4):
+        for texts, alone in itertools.product(([WARMUP_TEXTS[0]], list(WARMUP_TEXTS), list(WARMUP_TEXTS) * 4),
+                                              (False, True)):
             try:
-                out = model.predict(texts)
+                out = model.predict(texts, alone)
             except Exception as exc:  # noqa: BLE001
                 raise ModelRepoError(f"{where}: warm-up inference failed: {str(exc).splitlines()[0][:300]}"
                                      ) from exc
@@ -265,8 +267,8 @@ class ServedModel:
             self.metrics.queue_depth.labels(self.metrics.service, self.settings.name).set(depth)
 
     @staticmethod
-    def _run_batch(model: LoadedModel, ids: list[list[int]]) -> np.ndarray:
-        out = model.run(model.encoder.pad(ids))
+    def _run_batch(model: LoadedModel, ids: list[list[int]], alone: bool) -> np.ndarray:
+        out = model.run(model.encoder.pad(ids), alone)
         return softmax(out) if model.manifest.task == "classify" else out
 
     # -- inference -------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ class Recorder:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.batches: list[list[list[int]]] = []
+        self.alone: list[bool] = []
         self.delay = delay
         self.lock = threading.Lock()
 
-    def __call__(self, ids: list[list[int]]) -> np.ndarray:
+    def __call__(self, ids: list[list[int]], alone: bool) -> np.ndarray:
         with self.lock:
             self.batches.append(ids)
+            self.alone.append(alone)
         if self.delay:
             time.sleep(self.delay)
         return np.array([[sum(seq), len(seq)] for seq in ids], dtype=np.float64)
@@ -143,7 +145,7 @@ def test_a_cancelled_caller_costs_no_compute():
 def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on():
     calls = []
 
-    def flaky(ids):
+    def flaky(ids, alone):
         calls.append(ids)
         if len(calls) == 1:
             raise RuntimeError("boom")
@@ -181,3 +183,18 @@ def test_a_text_that_would_outwait_its_deadline_is_shed_at_once():
 
     assert len(run(main())) == 12
     assert [99] not in [seq for b in rec.batches for seq in b]
+
+
+def test_a_batch_is_told_whether_another_batch_is_running():
+    rec = Recorder(delay=0.1)
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, workers=2)
+        await batcher.start()
+        await batcher.submit([[1]])  # nothing else running
+        await batcher.submit([[2], [3]])  # two batches of one, side by side on the two workers
+        await batcher.stop()
+
+    run(main())
+    assert rec.alone[0] is True
+    assert sorted(rec.alone[1:]) == [False, True]

@@ -18,7 +18,7 @@ def test_configuration_reference_is_current(tmp_path):
 
 def test_reference_names_every_setting_with_its_env_variable_and_default():
     text = (ROOT / "docs" / "configuration.md").read_text()
-    for line in ("| `sentiment.batch.max_delay_ms` | `NLPSUITE_SENTIMENT__BATCH__MAX_DELAY_MS` | float (≥ 0) | `2.0` |",
+    for line in ("| `sentiment.batch.max_delay_ms` | `NLPSUITE_SENTIMENT__BATCH__MAX_DELAY_MS` | float (≥ 0) | `0.0` |",
                  "| `chat.intent_model.name` | `NLPSUITE_CHAT__INTENT_MODEL__NAME` | string | `intent` |",
                  "| `topic_rule.min_negatives` | `NLPSUITE_MONITOR_TOPIC_RULE__MIN_NEGATIVES` | int | `8` |",
                  "| `kafka.bootstrap_servers` | `NLPSUITE_MONITOR_KAFKA__BOOTSTRAP_SERVERS` | string | `localhost:9092` |"):

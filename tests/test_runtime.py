@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from nlpsuite.shared.runtime import create_session, expected_provider, probe_provider
+import numpy as np
+
+from nlpsuite.shared.model import open_model
+from nlpsuite.shared.runtime import available_cores, create_session, expected_provider, probe_provider
 from nlpsuite.shared.tokenization import TextEncoder, TextTooLongError
 
 
@@ -33,3 +36,18 @@ def test_truncation_is_flagged_and_keeps_the_final_separator(built_classifier):
     assert enc.attention_mask[0].sum() == enc.lengths[0] < 8
     with pytest.raises(TextTooLongError, match="texts\\[1\\] has \\d+ tokens, over the limit of 8"):
         encoder.encode(["short", "this sentence is clearly much longer than eight tokens in total"], reject_overlong=True)
+
+
+def test_the_solo_session_has_more_threads_and_the_same_results(built_classifier):
+    if probe_provider("cuda"):
+        pytest.skip("the solo session is for the CPU")
+    texts = ["shares rose after the results", "the company cut its forecast", "a flat quarter"]
+    model = open_model(built_classifier, provider="cpu", intra_threads=1, solo_threads=2)
+    assert model.solo is not None
+    assert model.solo.session.get_session_options().intra_op_num_threads == 2
+    assert model.runtime.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(model.predict(texts, alone=True), model.predict(texts), rtol=1e-4, atol=1e-5)
+    assert open_model(built_classifier, provider="cpu", intra_threads=1, solo_threads=1).solo is None
+    assert open_model(built_classifier, provider="cpu", intra_threads=0, solo_threads=4).solo is None
+    default = open_model(built_classifier, provider="cpu", intra_threads=1, solo_threads=None)
+    assert (default.solo is not None) == (available_cores() > 1)
