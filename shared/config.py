@@ -46,6 +46,8 @@ class BatchSettings(_Strict):
     max_delay_ms: float = Field(0.0, ge=0, description="longest wait for company once a request is queued, when "
                                 "a worker is free (0: run at once; under load batches form while workers are busy)")
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
+    pin_workers: bool = Field(True, description="pin worker thread i to CPU core i when the process owns its cores "
+                              "(an affinity mask and no smaller cgroup CPU limit; otherwise never pinned)")
 
 
 def read_file(path: Path, what: str) -> bytes:

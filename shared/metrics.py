@@ -28,11 +28,21 @@ class Metrics:
                                      ["service", "model", "outcome"], registry=self.registry)
         self._server = None
         self.port: int | None = None
+        self._children: dict[tuple[str, str], tuple[Counter, dict[str, Histogram]]] = {}
 
     def observe_request(self, method: str, code: str, stages_us: dict[str, int]) -> None:
-        self.requests.labels(self.service, method, code).inc()
+        # labels() costs a lock and a dict lookup per call; every request observes five series, so keep them.
+        children = self._children.get((method, code))
+        if children is None:
+            children = (self.requests.labels(self.service, method, code), {})
+            self._children[(method, code)] = children
+        counter, stages = children
+        counter.inc()
         for stage, us in stages_us.items():
-            self.latency.labels(self.service, method, stage).observe(us / 1e6)
+            histogram = stages.get(stage)
+            if histogram is None:
+                histogram = stages[stage] = self.latency.labels(self.service, method, stage)
+            histogram.observe(us / 1e6)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint (port 0: any free port); returns the bound port."""

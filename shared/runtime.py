@@ -53,6 +53,13 @@ def available_cores() -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
+def owned_cores() -> list[int] | None:
+    """The cores threads may be pinned to: the affinity mask, when no smaller cgroup CPU limit applies (under a
+    limit the mask lists cores that other processes use too, and pinning would crowd onto a few of them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores if available_cores() == len(cores) else None
+
+
 def _session_options(intra_threads: int, inter_threads: int, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_threads

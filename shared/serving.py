@@ -19,6 +19,7 @@ from nlpsuite.shared.errors import DeadlineExceeded, InvalidArgument, Overloaded
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model import LoadedModel, open_model, softmax
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, Task
+from nlpsuite.shared.runtime import owned_cores
 from nlpsuite.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class ServedModel:
             functools.partial(self._run_batch, model), max_batch_size=b.max_batch_size,
             max_batch_tokens=b.max_batch_tokens, max_delay_s=b.max_delay_ms / 1000, capacity=b.queue_capacity,
             workers=b.workers, on_batch=self._on_batch, on_depth=self._on_depth, name=name,
+            pin_cores=owned_cores() if b.pin_workers and not model.runtime.on_gpu else None,
         )
         await batcher.start()
         old, self._active = self._active, _Active(model, batcher)

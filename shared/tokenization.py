@@ -35,6 +35,8 @@ class TextEncoder:
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, untruncated, special tokens included."""
+        if len(texts) == 1:  # encode_batch hands even one text to a thread pool
+            return [self.tokenizer.encode(texts[0]).ids]
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
     def pad(self, ids: list[list[int]], reject_overlong: bool = False) -> Encoded:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -198,3 +199,27 @@ def test_a_batch_is_told_whether_another_batch_is_running():
     run(main())
     assert rec.alone[0] is True
     assert sorted(rec.alone[1:]) == [False, True]
+
+
+def test_workers_are_pinned_to_their_own_cores_when_asked():
+    cores = sorted(os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+
+    def record(ids, alone):
+        seen.append(os.sched_getaffinity(0))
+        time.sleep(0.05)
+        return np.zeros((len(ids), 1))
+
+    async def main(pin):
+        batcher = DynamicBatcher(record, max_batch_size=1, workers=2, pin_cores=pin)
+        await batcher.start()
+        await batcher.submit([[1], [2], [3], [4]])
+        await batcher.stop()
+
+    run(main(None))
+    assert all(s == set(cores) for s in seen)
+    seen.clear()
+    run(main(cores))
+    expected = [{cores[0]}, {cores[1 % len(cores)]}]
+    assert all(s in expected for s in seen) and any(s == expected[0] for s in seen)
+    assert os.sched_getaffinity(0) == set(cores)  # the caller's own thread is never pinned

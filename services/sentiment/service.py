@@ -44,11 +44,12 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
 
     def _result(self, text: str, probs: np.ndarray, truncated: bool) -> sentiment_pb2.SentimentResult:
         labels = self.model.labels
-        best = int(np.argmax(probs))
+        scores = probs.tolist()
+        best = max(range(len(scores)), key=scores.__getitem__)
         assert self.watchlist is not None
         return sentiment_pb2.SentimentResult(
-            label=labels[best], confidence=float(probs[best]),
-            scores=[common_pb2.LabelScore(label=label, score=float(p)) for label, p in zip(labels, probs)],
+            label=labels[best], confidence=scores[best],
+            scores=[common_pb2.LabelScore(label=label, score=p) for label, p in zip(labels, scores)],
             topics=self.watchlist.topics(text),
             entities=[sentiment_pb2.EntityMention(name=m.name, ticker=m.ticker, matched=m.matched)
                       for m in self.watchlist.entities(text)],
