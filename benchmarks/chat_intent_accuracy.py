@@ -73,6 +73,7 @@ def main() -> int:
         "reply_agrees_with_model": round(float(np.mean([a == b for a, b in zip(reply_pred, own_pred)])), 4),
         "handoff_rate": round(len(handoffs) / len(texts), 4),
         "handoff_low_confidence": sum(r.handoff_reason == "low_confidence" for r in handoffs),
+        "handoff_no_answer": sum(r.handoff_reason == "no_answer" for r in handoffs),
         "faq_answers": sum(r.source == 2 for r in replies),
         "intent_threshold": settings.intent_threshold, "handoff_threshold": settings.handoff_threshold,
     }

@@ -6,6 +6,7 @@ import csv
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from nlpsuite.services.chat.client import ChatClient
 from nlpsuite.services.chat.conversations import ConversationStore, Turn
@@ -80,6 +81,23 @@ def test_low_confidence_is_handed_off(built_intent, built_embedder):
         assert reply.handoff and reply.handoff_reason == "low_confidence"
         assert reply.source == chat_pb2.ANSWER_SOURCE_HANDOFF and reply.answer
         assert reply.turn == 1
+
+
+def test_a_confident_intent_without_an_answer_is_handed_off_as_no_answer(
+        built_intent, built_embedder, own_predictions, intent_data, tmp_path):
+    texts, _ = intent_data
+    predicted, _ = own_predictions
+    kb = KnowledgeBase.load()
+    del kb.intents[predicted[0]]
+    path = tmp_path / "kb.yaml"
+    path.write_text(yaml.safe_dump(kb.model_dump(mode="json")))
+    settings = chat_settings(built_intent, built_embedder, knowledge_base=path, intent_threshold=0.0,
+                             faq_threshold=1.0)
+    with ServerThread(ChatService(settings)).start() as srv, ChatClient(srv.target) as c:
+        reply = c.reply("c1", texts[0])
+        assert reply.intent == predicted[0]
+        assert reply.handoff and reply.handoff_reason == "no_answer"
+        assert reply.source == chat_pb2.ANSWER_SOURCE_HANDOFF
 
 
 def test_confident_intents_answer_from_the_knowledge_base_and_asking_for_a_person_hands_off(

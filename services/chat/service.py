@@ -113,7 +113,9 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
             else:
                 reply.answer = "I'm not sure I understood. Let me pass you to one of our advisors."
                 reply.source = chat_pb2.ANSWER_SOURCE_HANDOFF
-                reply.handoff, reply.handoff_reason = True, "low_confidence"
+                # A confident intent that the knowledge base has no answer for is not a doubt about the customer.
+                unanswered = answer is None and confidence >= s.intent_threshold
+                reply.handoff, reply.handoff_reason = True, "no_answer" if unanswered else "low_confidence"
             if faq is not None and not reply.faq_id:
                 reply.faq_similarity = faq[1]
         conv.handed_off = conv.handed_off or reply.handoff
