@@ -40,17 +40,27 @@ class RuntimeSession:
         return self.provider != "CPUExecutionProvider"
 
 
-def available_cores() -> int:
-    """CPU cores this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a container's
-    CPU limit; the affinity mask of a pod on a big node lists every core of the node)."""
-    cores = len(os.sched_getaffinity(0))
+def _cgroup_cpu_limit() -> float | None:
+    """The container's CPU limit in cores (cgroup v2 cpu.max, else v1 cfs quota), or None when unlimited."""
     try:
         quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+        pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def available_cores() -> int:
+    """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU limit (a container's;
+    the affinity mask of a pod on a big node lists every core of the node)."""
+    cores = len(os.sched_getaffinity(0))
+    limit = _cgroup_cpu_limit()
+    return cores if limit is None else max(1, min(cores, math.ceil(limit)))
 
 
 def owned_cores() -> list[int] | None:

@@ -1,6 +1,8 @@
 """Provider choice and tokenization, the serving-side pieces of the pipeline's output."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import numpy as np
@@ -51,3 +53,16 @@ def test_the_solo_session_has_more_threads_and_the_same_results(built_classifier
     assert open_model(built_classifier, provider="cpu", intra_threads=0, solo_threads=4).solo is None
     default = open_model(built_classifier, provider="cpu", intra_threads=1, solo_threads=None)
     assert (default.solo is not None) == (available_cores() > 1)
+
+
+def test_available_cores_follow_a_cgroup_cpu_limit(monkeypatch):
+    from nlpsuite.shared import runtime
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
+    assert runtime.available_cores() == cores
+    assert runtime.owned_cores() == sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: 0.5)
+    assert runtime.available_cores() == 1
+    if cores > 1:
+        assert runtime.owned_cores() is None  # under a limit below the mask, nothing is pinned
