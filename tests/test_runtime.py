@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import numpy as np
+import pytest
 
 from nlpsuite.shared.model import open_model
 from nlpsuite.shared.runtime import available_cores, create_session, expected_provider, probe_provider
