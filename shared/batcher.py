@@ -95,7 +95,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._on_depth = on_depth
         self.name = name
-        self._pin_cores = list(pin_cores or [])
+        self.pin_cores = list(pin_cores or [])
         self._seq = itertools.count()
         # Waiting texts in two views: by arrival (a dict keeps insertion order) and sorted by (length, seq).
         self._by_arrival: dict[int, _Item] = {}
@@ -123,8 +123,8 @@ class DynamicBatcher:
 
     def _pin_thread(self, order: itertools.count) -> None:
         """Worker thread i runs on core i (mod the cores): fewer migrations beside the event loop's thread."""
-        if self._pin_cores:
-            os.sched_setaffinity(0, {self._pin_cores[next(order) % len(self._pin_cores)]})
+        if self.pin_cores:
+            os.sched_setaffinity(0, {self.pin_cores[next(order) % len(self.pin_cores)]})
 
     async def stop(self) -> None:
         """Stop forming batches; texts still waiting fail with BatcherClosedError. Running batches finish."""

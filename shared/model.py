@@ -38,6 +38,10 @@ class LoadedModel:
     def provider(self) -> str:
         return self.runtime.provider
 
+    @property
+    def solo_threads(self) -> int:
+        return self.solo.session.get_session_options().intra_op_num_threads if self.solo is not None else 0
+
     def run(self, encoded: Encoded, alone: bool = False) -> np.ndarray:
         """Logits [batch, labels] for a classifier, unit-norm embeddings [batch, dim] for an embedder.
 
