@@ -43,13 +43,13 @@ class RuntimeSession:
 def _cgroup_cpu_limit() -> float | None:
     """The container's CPU limit in cores (cgroup v2 cpu.max, else v1 cfs quota), or None when unlimited."""
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
-        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
         return None if quota <= 0 or period <= 0 else quota / period
     except (OSError, ValueError):
         return None
