@@ -143,8 +143,9 @@ class ServedModel:
                                  ) from exc
         # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING. They also
         # prove that the model's outputs fit its manifest.
+        sessions = (False, True) if model.solo is not None else (False,)  # alone=True: the solo session
         for texts, alone in itertools.product(([WARMUP_TEXTS[0]], list(WARMUP_TEXTS), list(WARMUP_TEXTS) * 4),
-                                              (False, True)):
+                                              sessions):
             try:
                 out = model.predict(texts, alone)
             except Exception as exc:  # noqa: BLE001
