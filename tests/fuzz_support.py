@@ -11,10 +11,13 @@ import math
 import os
 import struct
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings, strategies as st
+
+from tests.servers import ServerThread
 
 EXAMPLES = int(os.environ.get("NLPSUITE_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -164,6 +167,31 @@ def wire_messages(schema: str) -> st.SearchStrategy[bytes]:
         st.builds(lambda raw, cut: raw[: max(0, len(raw) - cut)], soup, st.integers(1, 6)),
         st.builds(lambda raw, n: raw * n, soup, st.integers(1, 2000)),
     )
+
+
+def serve(service) -> Iterator[ServerThread]:
+    """A module's fuzz target: the real server on loopback; when the module is done, how many cases each RPC ran."""
+    with ServerThread(service).start() as srv:
+        yield srv
+    print(f"\nfuzz cases run: {dict(CASES)}")
+
+
+def open_channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield channel
+
+
+def raw_case(channel: grpc.Channel, service: str, method: str, payload: bytes,
+             check_reply: Callable[[bytes], None]) -> None:
+    """One raw-wire example: an OK reply's bytes go to `check_reply`, any other answer must be an ALLOWED status
+    with a message; either way the server must still be SERVING."""
+    CASES[f"{method}.raw"] += 1
+    code, raw, details = raw_call(channel, f"/{service}/{method}", payload)
+    if code == grpc.StatusCode.OK:
+        check_reply(raw)
+    else:
+        check_status(code, details, f"{method} (raw)")
+    assert_serving(channel, service)
 
 
 def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float = TIMEOUT_S):

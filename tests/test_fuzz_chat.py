@@ -12,7 +12,6 @@ from nlpsuite.services.chat.service import ChatService
 from nlpsuite.shared.config import ChatSettings, ModelSettings
 from nlpsuite.v1 import chat_pb2, chat_pb2_grpc
 from tests import fuzz_support as fz
-from tests.servers import ServerThread
 
 SERVICE = "nlpsuite.v1.ChatService"
 TOP_K = 3
@@ -37,15 +36,12 @@ def server(intent_version, embedder_version):
     settings = ChatSettings(host="127.0.0.1", port=0, max_items=fz.MAX_ITEMS, max_text_chars=fz.MAX_TEXT_CHARS,
                             max_message_bytes=fz.MAX_MESSAGE_BYTES, top_k=TOP_K, max_conversations=500,
                             intent_model=model_settings(intent_version), embedder=model_settings(embedder_version))
-    with ServerThread(ChatService(settings)).start() as srv:
-        yield srv
-    print(f"\nfuzz cases run: {dict(fz.CASES)}")
+    yield from fz.serve(ChatService(settings))
 
 
 @pytest.fixture(scope="module")
 def channel(server):
-    with grpc.insecure_channel(server.target) as ch:
-        yield ch
+    yield from fz.open_channel(server)
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +88,11 @@ def test_classify_intent_typed(channel, labels, texts, timeout):
 @fz.FUZZ
 @given(payload=fz.wire_messages("texts"))
 def test_classify_intent_raw_wire(channel, labels, payload):
-    fz.CASES["ClassifyIntent.raw"] += 1
-    code, raw, details = fz.raw_call(channel, f"/{SERVICE}/ClassifyIntent", payload)
-    if code == grpc.StatusCode.OK:
+    def check(raw: bytes) -> None:
         n = len(chat_pb2.ClassifyIntentRequest.FromString(payload).texts)
         check_classify(chat_pb2.ClassifyIntentResponse.FromString(raw), n, labels)
-    else:
-        fz.check_status(code, details, "ClassifyIntent (raw)")
-    fz.assert_serving(channel, SERVICE)
+
+    fz.raw_case(channel, SERVICE, "ClassifyIntent", payload, check)
 
 
 conversation_ids = st.one_of(fz.short_texts(), st.sampled_from(["c1", "c2", "x" * 128, "x" * 129, "\x00"]))
@@ -125,10 +118,5 @@ def test_reply_typed(channel, labels, turns, timeout):
 @fz.FUZZ
 @given(payload=fz.wire_messages("reply"))
 def test_reply_raw_wire(channel, labels, payload):
-    fz.CASES["Reply.raw"] += 1
-    code, raw, details = fz.raw_call(channel, f"/{SERVICE}/Reply", payload)
-    if code == grpc.StatusCode.OK:
-        check_reply(chat_pb2.ReplyResponse.FromString(raw), labels)
-    else:
-        fz.check_status(code, details, "Reply (raw)")
-    fz.assert_serving(channel, SERVICE)
+    fz.raw_case(channel, SERVICE, "Reply", payload,
+                lambda raw: check_reply(chat_pb2.ReplyResponse.FromString(raw), labels))

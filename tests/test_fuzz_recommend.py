@@ -18,7 +18,6 @@ from nlpsuite.shared.config import ModelSettings, RecommendSettings
 from nlpsuite.shared.model_repo import Manifest, ModelRepository, write_manifest
 from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
 from tests import fuzz_support as fz
-from tests.servers import ServerThread
 
 SERVICE = "nlpsuite.v1.RecommendService"
 FEATURES = ["popularity", "price"]
@@ -50,15 +49,12 @@ def server(embedder_version, ranker_repo):
         max_message_bytes=fz.MAX_MESSAGE_BYTES, cache_size=2000,
         embedder=ModelSettings(name=embedder_version.manifest.name, repository=embedder_version.path.parent.parent),
         ranker=ModelSettings(name="recommender", repository=ranker_repo))
-    with ServerThread(RecommendService(settings)).start() as srv:
-        yield srv
-    print(f"\nfuzz cases run: {dict(fz.CASES)}")
+    yield from fz.serve(RecommendService(settings))
 
 
 @pytest.fixture(scope="module")
 def channel(server):
-    with grpc.insecure_channel(server.target) as ch:
-        yield ch
+    yield from fz.open_channel(server)
 
 
 feature_maps = st.dictionaries(st.one_of(st.sampled_from(FEATURES), fz.short_texts()), fz.FLOATS, max_size=4)
@@ -143,24 +139,18 @@ def test_rank_typed(channel, user, cands, k):
 @fz.FUZZ
 @given(payload=fz.wire_messages("score"))
 def test_score_raw_wire(channel, payload):
-    fz.CASES["Score.raw"] += 1
-    code, raw, details = fz.raw_call(channel, f"/{SERVICE}/Score", payload)
-    if code == grpc.StatusCode.OK:
+    def check(raw: bytes) -> None:
         request = recommend_pb2.ScoreRequest.FromString(payload)
         check_score(recommend_pb2.ScoreResponse.FromString(raw), [c.id for c in request.candidates])
-    else:
-        fz.check_status(code, details, "Score (raw)")
-    fz.assert_serving(channel, SERVICE)
+
+    fz.raw_case(channel, SERVICE, "Score", payload, check)
 
 
 @fz.FUZZ
 @given(payload=fz.wire_messages("rank"))
 def test_rank_raw_wire(channel, payload):
-    fz.CASES["Rank.raw"] += 1
-    code, raw, details = fz.raw_call(channel, f"/{SERVICE}/Rank", payload)
-    if code == grpc.StatusCode.OK:
+    def check(raw: bytes) -> None:
         request = recommend_pb2.RankRequest.FromString(payload)
         check_rank(recommend_pb2.RankResponse.FromString(raw), [c.id for c in request.candidates], request.k)
-    else:
-        fz.check_status(code, details, "Rank (raw)")
-    fz.assert_serving(channel, SERVICE)
+
+    fz.raw_case(channel, SERVICE, "Rank", payload, check)

@@ -12,7 +12,6 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ModelSettings, SentimentSettings
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 from tests import fuzz_support as fz
-from tests.servers import ServerThread
 
 SERVICE = "nlpsuite.v1.SentimentService"
 ALLOWED_ITEM_ERRORS = tuple(code.name for code in fz.ALLOWED)
@@ -29,15 +28,12 @@ def server(classifier_version):
         host="127.0.0.1", port=0, max_items=fz.MAX_ITEMS, max_text_chars=fz.MAX_TEXT_CHARS,
         max_message_bytes=fz.MAX_MESSAGE_BYTES,
         model=ModelSettings(name=classifier_version.manifest.name, repository=classifier_version.path.parent.parent))
-    with ServerThread(SentimentService(settings)).start() as srv:
-        yield srv
-    print(f"\nfuzz cases run: {dict(fz.CASES)}")
+    yield from fz.serve(SentimentService(settings))
 
 
 @pytest.fixture(scope="module")
 def channel(server):
-    with grpc.insecure_channel(server.target) as ch:
-        yield ch
+    yield from fz.open_channel(server)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +74,11 @@ def test_analyze_typed(channel, labels, texts, timeout):
 @fz.FUZZ
 @given(payload=fz.wire_messages("texts"))
 def test_analyze_raw_wire(channel, labels, payload):
-    fz.CASES["Analyze.raw"] += 1
-    code, raw, details = fz.raw_call(channel, f"/{SERVICE}/Analyze", payload)
-    if code == grpc.StatusCode.OK:
+    def check(raw: bytes) -> None:
         request = sentiment_pb2.AnalyzeRequest.FromString(payload)  # it parsed on the server, so it parses here
         check_analyze(sentiment_pb2.AnalyzeResponse.FromString(raw), list(request.texts), labels)
-    else:
-        fz.check_status(code, details, "Analyze (raw)")
-    fz.assert_serving(channel, SERVICE)
+
+    fz.raw_case(channel, SERVICE, "Analyze", payload, check)
 
 
 stream_items = st.lists(st.tuples(fz.short_texts(), fz.texts()), max_size=12)
