@@ -19,7 +19,9 @@ from nlpsuite.shared.errors import DeadlineExceeded, InvalidArgument, Overloaded
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model import LoadedModel, open_model, softmax
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, Task
+from nlpsuite.shared.offload import run_cpu, text_chars
 from nlpsuite.shared.runtime import owned_cores
+from nlpsuite.shared.tokenization import TextTooLongError
 from nlpsuite.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -291,14 +293,13 @@ class ServedModel:
         return self._tokenize(self._active.model, texts)
 
     def _tokenize(self, model: LoadedModel, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-        limit = model.encoder.max_length
-        ids_list = model.encoder.token_ids(list(texts))
-        truncated = [len(ids) > limit for ids in ids_list]
-        if self.reject_overlong and any(truncated):
-            i = truncated.index(True)
-            raise InvalidArgument(f"{self.field}[{i}] has {len(ids_list[i])} tokens, over the limit of {limit}")
-        clipped = [ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:] for ids in ids_list]
-        return clipped, truncated
+        tokens = model.encoder.tokenize(list(texts))
+        if self.reject_overlong:
+            try:
+                tokens.check_fits(model.encoder.max_length)
+            except TextTooLongError as exc:
+                raise InvalidArgument(str(exc).replace("texts[", f"{self.field}[", 1)) from None
+        return tokens.ids, tokens.truncated
 
     async def infer(self, texts: Sequence[str], timing: Timing, deadline: float | None = None) -> Inference:
         """Run texts through the batcher. `deadline` is time.monotonic()-based (None: no deadline)."""
@@ -308,7 +309,7 @@ class ServedModel:
         try:
             active.batcher.admit(len(texts), deadline)  # shed before paying for tokenization
             t0 = time.perf_counter()
-            ids, truncated = self._tokenize(active.model, texts)
+            ids, truncated = await run_cpu(text_chars(texts), self._tokenize, active.model, texts)
             timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
             results = await active.batcher.submit(ids, deadline)
         except QueueFullError as exc:

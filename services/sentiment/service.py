@@ -11,6 +11,7 @@ import numpy as np
 from nlpsuite.shared.config import SentimentSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
+from nlpsuite.shared.offload import run_cpu, text_chars
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
 from nlpsuite.shared.wire import MalformedRequest, add_servicer
@@ -61,10 +62,12 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         check_texts(request.texts, self.settings)
         texts = list(request.texts)
         result = await self.model.infer(texts, timing, deadline_of(context))
-        return sentiment_pb2.AnalyzeResponse(
-            results=[self._result(t, p, tr) for t, p, tr in zip(texts, result.outputs, result.truncated)],
-            model=result.model, timing=timing.proto(),
-        )
+        results = await run_cpu(text_chars(texts), self._results, texts, result.outputs, result.truncated)
+        return sentiment_pb2.AnalyzeResponse(results=results, model=result.model, timing=timing.proto())
+
+    def _results(self, texts: list[str], outputs: np.ndarray, truncated: list[bool]
+                 ) -> list[sentiment_pb2.SentimentResult]:
+        return [self._result(t, p, tr) for t, p, tr in zip(texts, outputs, truncated)]
 
     async def AnalyzeStream(self, request_iterator, context):
         """Each item runs as soon as it arrives (batched with everything else); replies in completion order."""
@@ -83,9 +86,10 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 if item.ByteSize() > self.settings.max_message_bytes:
                     raise InvalidArgument(f"text: message over the limit of {self.settings.max_message_bytes} bytes")
                 result = await self.model.infer([item.text], timing, deadline_of(context))
-                reply = sentiment_pb2.AnalyzeStreamResponse(
-                    request_id=request_id, result=self._result(item.text, result.outputs[0], result.truncated[0]),
-                    model=result.model, timing=timing.proto())
+                scored = await run_cpu(len(item.text), self._result, item.text, result.outputs[0],
+                                       result.truncated[0])
+                reply = sentiment_pb2.AnalyzeStreamResponse(request_id=request_id, result=scored,
+                                                            model=result.model, timing=timing.proto())
                 status = "OK"
             except ServiceError as exc:
                 reply = sentiment_pb2.AnalyzeStreamResponse(
