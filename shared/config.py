@@ -177,6 +177,9 @@ class SentimentSettings(ServiceSettings):
     port: int = Field(50051, ge=0, le=65535)
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(name="sentiment"))
     watchlist: Path | None = None  # None: the shipped examples/watchlist.yaml
+    stream_window: int = Field(128, ge=1, description="items of one AnalyzeStream the server holds at once (being "
+                               "scored, or answered and not yet taken by the client's HTTP/2 flow control); a client "
+                               "that stops reading stops its stream there")
 
 
 class ChatSettings(ServiceSettings):

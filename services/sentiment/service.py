@@ -70,10 +70,14 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         return [self._result(t, p, tr) for t, p, tr in zip(texts, outputs, truncated)]
 
     async def AnalyzeStream(self, request_iterator, context):
-        """Each item runs as soon as it arrives (batched with everything else); replies in completion order."""
+        """Each item runs as soon as it arrives (batched with everything else); replies in completion order.
+
+        Backpressure: an item takes a slot of the stream's window before it is read and gives it back once its
+        reply has been handed to gRPC, which waits for the client's HTTP/2 flow control. A client that stops
+        reading therefore stops the stream after `stream_window` items: nothing more is read, scored or held."""
         out: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
-        window = asyncio.Semaphore(max(1, self.settings.batch.queue_capacity // 4))  # backpressure per stream
+        window = asyncio.Semaphore(self.settings.stream_window)
         code = "OK"
 
         async def one(item: sentiment_pb2.AnalyzeStreamRequest | MalformedRequest) -> None:
@@ -102,15 +106,18 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 log.debug("stream item failure detail", exc_info=True)  # the message may quote the text
                 reply = sentiment_pb2.AnalyzeStreamResponse(request_id=request_id, error="INTERNAL: internal error")
                 status = "INTERNAL"
-            finally:
-                window.release()
             self.metrics.observe_request("AnalyzeStream.item", status, timing.stages())
             await out.put(reply)
 
         async def reader() -> None:
+            items = request_iterator.__aiter__()
             try:
-                async for item in request_iterator:
+                while True:
                     await window.acquire()
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(one(item))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -126,6 +133,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 if reply is None:
                     break
                 yield reply
+                window.release()
             await read_task
         except asyncio.CancelledError:
             code = "CANCELLED"
