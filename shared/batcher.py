@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import logging
 import os
@@ -170,6 +171,7 @@ class DynamicBatcher:
         futures = []
         for seq_ids in ids:
             item = _Item(next(self._seq), list(seq_ids), now, deadline, loop.create_future())
+            item.future.add_done_callback(functools.partial(self._on_done, item))
             self._by_arrival[item.seq] = item
             bisect.insort(self._by_length, (item.length, item.seq))
             futures.append(item.future)
@@ -211,18 +213,27 @@ class DynamicBatcher:
         if index < len(self._by_length) and self._by_length[index] == (item.length, item.seq):
             del self._by_length[index]
 
+    def _on_done(self, item: _Item, future: asyncio.Future) -> None:
+        """A caller that went away takes its texts out of the queue at once (and out of the depth gauge)."""
+        if future.cancelled() and item.seq in self._by_arrival:
+            self._remove(item)
+            self._depth_changed()
+
     def _depth_changed(self) -> None:
         if self._on_depth is not None:
             self._on_depth(self.depth)
 
     def _drop_dead(self) -> None:
         now = time.monotonic()
+        depth = self.depth
         for item in list(self._by_arrival.values()):
-            if item.future.done():  # cancelled by its caller
+            if item.future.done():  # cancelled by its caller (and its done-callback has not run yet)
                 self._remove(item)
             elif item.deadline is not None and item.deadline <= now:
                 self._remove(item)
                 item.future.set_exception(DeadlineExpiredError("deadline passed while queued"))
+        if self.depth != depth:
+            self._depth_changed()
 
     def _select(self) -> list[_Item]:
         """The oldest text plus its nearest neighbours in length, within the size and token budgets."""

@@ -166,6 +166,9 @@ class ServiceSettings(_Strict):
     max_items: int = Field(256, ge=1, description="most texts (or candidates) in one request")
     max_text_chars: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_concurrent_streams: int = Field(1000, ge=1, description="calls open at once on one client connection "
+                                        "(HTTP/2 MAX_CONCURRENT_STREAMS); a client past it gets UNAVAILABLE for the "
+                                        "excess. Bounds what one connection can make the server hold")
     grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
     reflection: bool = Field(True, description="serve gRPC reflection (service discovery for grpcurl etc.)")
     batch: BatchSettings = Field(default_factory=BatchSettings)

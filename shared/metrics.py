@@ -22,6 +22,8 @@ class Metrics:
                                       ["service", "model"], buckets=_TOKEN_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("nlpsuite_queue_depth", "Texts waiting in the batcher", ["service", "model"],
                                  registry=self.registry)
+        self.in_flight = Gauge("nlpsuite_in_flight", "Calls being handled now: unary calls from receipt to answer, "
+                               "open streams", ["service", "method"], registry=self.registry)
         self.model_version = Gauge("nlpsuite_model_version_info", "1 for the model version serving now, by labels",
                                    ["service", "model", "version", "variant", "provider"], registry=self.registry)
         self.model_reloads = Counter("nlpsuite_model_reloads", "Hot reloads by outcome (switched, refused)",
@@ -29,6 +31,13 @@ class Metrics:
         self._server = None
         self.port: int | None = None
         self._children: dict[tuple[str, str], tuple[Counter, dict[str, Histogram]]] = {}
+        self._in_flight: dict[str, Gauge] = {}
+
+    def in_flight_of(self, method: str) -> Gauge:
+        gauge = self._in_flight.get(method)
+        if gauge is None:
+            gauge = self._in_flight[method] = self.in_flight.labels(self.service, method)
+        return gauge
 
     def observe_request(self, method: str, code: str, stages_us: dict[str, int]) -> None:
         # labels() costs a lock and a dict lookup per call; every request observes five series, so keep them.

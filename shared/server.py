@@ -22,7 +22,6 @@ from nlpsuite.shared.serving import ServedModel, Timing
 from nlpsuite.shared.wire import MalformedRequest
 
 log = logging.getLogger(__name__)
-
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -77,6 +76,8 @@ def unary(method: str, field: str):
                 self.metrics.observe_request(method, code, timing.stages())
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry another replica")
             self.in_flight += 1
+            gauge = self.metrics.in_flight_of(method)
+            gauge.inc()
             try:
                 if isinstance(request, MalformedRequest):
                     raise InvalidArgument(str(request))
@@ -95,6 +96,7 @@ def unary(method: str, field: str):
                 await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error")
             finally:
                 self.in_flight -= 1
+                gauge.dec()
                 self.metrics.observe_request(method, code, timing.stages())
 
         return wrapper
@@ -127,6 +129,9 @@ class GrpcServer:
             ("grpc.max_receive_message_length", 2 * limit + 65536),
             ("grpc.max_send_message_length", 2 * limit + 65536),
             ("grpc.so_reuseport", 0),
+            # Without a per-connection stream limit, one connection opening and resetting streams as fast as it
+            # can (HTTP/2 rapid reset, CVE-2023-44487) made other clients' calls fail with CANCELLED.
+            ("grpc.max_concurrent_streams", self.settings.max_concurrent_streams),
         ])
         self.service.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -120,3 +120,134 @@ def test_a_stream_whose_client_stops_reading_stops_being_scored(built_classifier
     assert still == unread, "the server went on scoring for a client that reads nothing"
     # The window, plus the replies (~4.2 KiB each) that fit the client's 64 KiB flow-control window, plus slack.
     assert unread <= settings.stream_window + 16 + 16, unread
+
+
+def metric(server: SentimentService, name: str, **labels: str) -> float:
+    return sum(s.value for m in server.metrics.registry.collect() for s in m.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_metrics_are_exact_after_a_cancel_storm(built_classifier):
+    """900 calls (within max_concurrent_streams on their one connection) queue behind one worker and are cancelled by their clients. Before the fix the queue-depth gauge
+    stayed at hundreds after the cancelled texts had left the queue, and there was no in-flight gauge."""
+    from nlpsuite.shared.config import BatchSettings
+
+    service = SentimentService(settings_for(built_classifier, batch=BatchSettings(workers=1, max_batch_size=1,
+                                                                                  queue_capacity=4096)))
+    n = 900
+    request = sentiment_pb2.AnalyzeRequest(texts=[long_text(600, 1)])  # the model's full 64 tokens: ~ms each
+    analyze = dict(service="sentiment", method="Analyze")
+    with ServerThread(service).start() as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
+        before = metric(service, "nlpsuite_requests_total", **analyze)
+        calls = [stub.Analyze.future(request, timeout=120) for _ in range(n)]
+        # Every call reached its handler: answered (counted) or being handled (in flight).
+        assert wait_for(lambda: metric(service, "nlpsuite_requests_total", **analyze) - before
+                        + metric(service, "nlpsuite_in_flight", **analyze) == n, 30)
+        queued = metric(service, "nlpsuite_queue_depth")
+        for call in calls:
+            call.cancel()
+        settled = wait_for(lambda: metric(service, "nlpsuite_in_flight", **analyze) == 0, 10)
+        depth_after = metric(service, "nlpsuite_queue_depth")
+        ok = metric(service, "nlpsuite_requests_total", code="OK", **analyze)
+        cancelled = metric(service, "nlpsuite_requests_total", code="CANCELLED", **analyze)
+        # A second storm, cancelled at random moments (some before the server has even read the request: gRPC
+        # never runs a handler for those, so they are not counted): the gauges still come back to zero.
+        calls = [stub.Analyze.future(request, timeout=120) for _ in range(n)]
+        for call in random.Random(0).sample(calls, n):
+            call.cancel()
+        settled_again = wait_for(lambda: metric(service, "nlpsuite_in_flight", **analyze) == 0
+                                 and metric(service, "nlpsuite_queue_depth") == 0, 10)
+        total_again = metric(service, "nlpsuite_requests_total", **analyze) - before - n
+        channel.close()
+    print(f"queued when cancelled: {queued:.0f}; after: depth {depth_after:.0f}, OK {ok:.0f}, "
+          f"CANCELLED {cancelled:.0f}; random storm: {total_again:.0f} of {n} reached a handler")
+    assert queued > 100, "the storm did not queue: the test proves nothing"
+    assert settled and depth_after == 0
+    assert ok + cancelled == n and cancelled > queued / 2  # a few queued ones may run before their cancel lands
+    assert settled_again and 0 < total_again <= n
+
+
+def rapid_reset(port: int, streams: int) -> int:
+    """Open `streams` gRPC calls on one HTTP/2 connection and cancel each at once (RST_STREAM right after
+    HEADERS: the CVE-2023-44487 pattern). Returns how many were sent before the server closed the connection."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.exceptions
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100})
+    sock.sendall(conn.data_to_send())
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"),
+               (":path", "/nlpsuite.v1.SentimentService/Analyze"), ("content-type", "application/grpc"),
+               ("te", "trailers")]
+    sent = 0
+    try:
+        for _ in range(streams):
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, headers)
+            conn.reset_stream(stream_id, error_code=8)  # CANCEL
+            sent += 1
+            if sent % 100 == 0:
+                sock.sendall(conn.data_to_send())
+                sock.setblocking(False)
+                try:
+                    while data := sock.recv(65536):
+                        conn.receive_data(data)
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+        sock.sendall(conn.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError):
+        pass  # the server may close a connection that floods it: that is a fine answer
+    finally:
+        sock.close()
+    return sent
+
+
+def test_rapid_reset_on_one_connection_does_not_hurt_other_clients(built_classifier):
+    """20,000 streams opened and reset at once on one connection while five other clients call Analyze. Before
+    the fix 1-3 of the five clients' calls failed with CANCELLED inside the gRPC library."""
+    with ServerThread(SentimentService(settings_for(built_classifier))).start() as server:
+        stop = threading.Event()
+        results: list[str] = []
+
+        def client() -> None:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
+                while not stop.is_set():
+                    try:
+                        stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["shares fell"]), timeout=10)
+                        results.append("OK")
+                    except grpc.RpcError as exc:
+                        results.append(f"{exc.code().name}: {exc.details()}")
+
+        threads = [threading.Thread(target=client) for _ in range(5)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        sent = rapid_reset(server.port, 20_000)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        healthy = server.health()
+    failed = [r for r in results if r != "OK"]
+    print(f"rapid reset: {sent} streams sent; other clients: {len(results)} calls, failed: {failed[:5]}")
+    assert healthy == health_pb2.HealthCheckResponse.SERVING
+    assert len(results) > 20 and failed == []

@@ -127,6 +127,8 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 out.put_nowait(None)
 
         read_task = asyncio.create_task(reader())
+        open_streams = self.metrics.in_flight_of("AnalyzeStream")
+        open_streams.inc()
         try:
             while True:
                 reply = await out.get()
@@ -139,6 +141,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
             code = "CANCELLED"
             raise
         finally:
+            open_streams.dec()
             read_task.cancel()
             for task in list(pending):
                 task.cancel()
