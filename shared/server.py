@@ -160,7 +160,8 @@ class GrpcServer:
 
     async def _serve_health_only(self, port: int) -> int:
         """grpc.health.v1 alone on a plaintext port, for probes that cannot speak TLS (the kubelet's gRPC probe)."""
-        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams",
+                                                                                self.settings.max_concurrent_streams)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         bound = self.health_server.add_insecure_port(f"{self.settings.host}:{port}")
         if bound == 0:
