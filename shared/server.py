@@ -22,6 +22,7 @@ from nlpsuite.shared.serving import ServedModel, Timing
 from nlpsuite.shared.wire import MalformedRequest
 
 log = logging.getLogger(__name__)
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
