@@ -23,7 +23,9 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, sleep_until
+from .delivery import (
+    Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, raise_if_unreadable, sleep_until,
+)
 from .metrics import MonitorMetrics
 from .schema import Alert, ScoredItem
 from .windows import Event, SurgeDetector
@@ -189,6 +191,7 @@ class Aggregator:
                         self.rebuild(tps)
                         backoff.reset()
                     except (KafkaError, RebuildTimeout) as exc:
+                        raise_if_unreadable(exc, self.consumer)
                         # A broker fault while re-reading the log: no record of these partitions may be
                         # evaluated without their state, so put them back and try again.
                         log.warning("rebuilding %s failed (%r); retrying", sorted(map(str, tps)), exc)

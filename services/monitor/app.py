@@ -9,6 +9,7 @@ from nlpsuite.shared.logs import failure
 
 from .aggregator import Aggregator
 from .config import MonitorSettings
+from .delivery import UnreadableRecords
 from .metrics import MonitorMetrics
 from .scorer import Scorer
 from .webhook import WebhookSink
@@ -51,6 +52,10 @@ class Monitor:
     def _run(self, stage) -> None:
         try:
             stage.run()
+        except UnreadableRecords as exc:  # our own message: names the codec and partitions, quotes no news
+            log.error("stage %s stopped: %s", type(stage).__name__, exc)
+            self.errors.append(exc)
+            self.stop_event.set()
         except BaseException as exc:  # noqa: BLE001 - reported by stop()/run_forever
             log.error("stage %s failed", type(stage).__name__, extra=failure(exc))
             log.debug("stage failure detail", exc_info=True)  # the message may quote a news item

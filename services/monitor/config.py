@@ -116,6 +116,9 @@ class KafkaSettings(BaseModel):
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            # Records of aborted transactions are never scored or counted (Apache Kafka filters them for
+            # read_committed readers; the local Tansu broker does not, so tests can only check this setting).
+            "isolation_level": "read_committed",
         }
         return out | extra
 
@@ -191,6 +194,9 @@ class MonitorSettings(BaseSettings):
     buffer_max: int = 2048  # per news partition: polled records held for the event-time merge
     poll_timeout_ms: int = 1000
     max_message_bytes: int = 64 * 1024
+    dlq_max_value_bytes: int = Field(256 * 1024, ge=0, le=512 * 1024, description="bytes of a dead-lettered "
+                                     "value kept in its news.dlq record (base64 adds a third); a longer one is kept "
+                                     "cut, with its length and SHA-256, so the record fits Kafka's ~1 MB limit")
     max_headline_chars: int = 1000
     max_future_s: float = 86400.0  # published_at more than this after the record's timestamp is dead-lettered
     earliest_published_at: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)  # before it: dead-lettered

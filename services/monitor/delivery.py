@@ -6,7 +6,7 @@ import threading
 import time
 
 from kafka import ConsumerRebalanceListener, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -15,6 +15,28 @@ log = logging.getLogger(__name__)
 
 class PublishFailed(RuntimeError):
     pass
+
+
+class UnreadableRecords(RuntimeError):
+    """A fetched record batch this process cannot read (a compression codec it lacks, a corrupt batch).
+    Retrying cannot help, and kafka-python's next poll() after such an error can block for good: the stage
+    stops, and the process exits non-zero so a supervisor restarts it once the cause is fixed."""
+
+
+def raise_if_unreadable(exc: BaseException, consumer) -> None:
+    """The one rule for consume errors: an unreadable batch stops the stage (UnreadableRecords, naming the
+    partitions and their positions: the bad batch starts at one of them); anything else is for the caller's
+    retry. Unknown non-Kafka exceptions are never caught by the stages, so they stop the stage too."""
+    if not isinstance(exc, (UnsupportedCodecError, CorruptRecordError)):
+        return
+    try:
+        where = ", ".join(f"{tp.topic}-{tp.partition}@{consumer.position(tp, timeout_ms=100)}"
+                          for tp in sorted(consumer.assignment()))
+    except Exception:  # noqa: BLE001 - the message matters more than the positions
+        where = "unknown"
+    raise UnreadableRecords(f"cannot read a fetched record batch ({exc}); partition "
+                            f"positions: {where}. Install the codec library (snappy, lz4, zstd: see "
+                            f"pyproject.toml) or repair the topic, then restart") from exc
 
 
 def confirm(producer: KafkaProducer, futures: list, timeout_s: float) -> None:

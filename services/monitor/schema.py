@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -99,8 +100,15 @@ def parse_news(raw: bytes | None, *, max_bytes: int, max_headline_chars: int, re
     return item
 
 
+DLQ_KEY_BYTES = 4096  # a key longer than this is kept cut (its length and hash in full)
+
+
 class DeadLetter(BaseModel):
-    """A `news.dlq` record: the original bytes (base64), why, and where it came from."""
+    """A `news.dlq` record: the original bytes (base64), why, and where they came from.
+
+    A dead letter must itself fit in its topic (Kafka's default message limit is ~1 MB, and base64 grows the
+    bytes by a third), so a value over `max_value_bytes` is kept cut to that many bytes, with its full length
+    and SHA-256: the whole original stays in the source topic at `topic`/`partition`/`offset`."""
 
     schema_version: int = SCHEMA_VERSION
     reason: str
@@ -111,15 +119,25 @@ class DeadLetter(BaseModel):
     timestamp_ms: int | None = None
     key_b64: str | None = None
     value_b64: str | None = None
+    key_bytes: int | None = None  # length of the original key
+    value_bytes: int | None = None  # length of the original value
+    value_sha256: str | None = None  # of the whole original value
+    truncated: bool = False  # key_b64 or value_b64 holds only the first bytes of the original
 
     @classmethod
-    def of(cls, record, reason: str, detail: str = "") -> "DeadLetter":
-        enc = lambda b: None if b is None else base64.b64encode(b).decode("ascii")  # noqa: E731
+    def of(cls, record, reason: str, detail: str = "", max_value_bytes: int = 256 * 1024) -> "DeadLetter":
+        enc = lambda b, n: None if b is None else base64.b64encode(b[:n]).decode("ascii")  # noqa: E731
+        key, value = record.key, record.value
         return cls(reason=reason, detail=detail, topic=record.topic, partition=record.partition,
-                   offset=record.offset, timestamp_ms=record.timestamp, key_b64=enc(record.key),
-                   value_b64=enc(record.value))
+                   offset=record.offset, timestamp_ms=record.timestamp, key_b64=enc(key, DLQ_KEY_BYTES),
+                   value_b64=enc(value, max_value_bytes), key_bytes=None if key is None else len(key),
+                   value_bytes=None if value is None else len(value),
+                   value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+                   truncated=(key is not None and len(key) > DLQ_KEY_BYTES)
+                   or (value is not None and len(value) > max_value_bytes))
 
     def original(self) -> bytes | None:
+        """The original value; only its first bytes when `truncated`."""
         return None if self.value_b64 is None else base64.b64decode(self.value_b64)
 
 

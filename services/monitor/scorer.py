@@ -29,7 +29,9 @@ from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
-from .delivery import Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets
+from .delivery import (
+    Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, raise_if_unreadable,
+)
 from .merge import EventTimeMerge
 from .metrics import MonitorMetrics
 from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
@@ -120,6 +122,7 @@ class Scorer:
                 self._step(inflight)
                 backoff.reset()
             except KafkaError as exc:
+                raise_if_unreadable(exc, self.consumer)
                 # A broker fault surfaced outside the publish/commit paths (which handle their own): drop what
                 # is in flight (replayed from its first offset), back off, go on. The process never needs a
                 # restart for a broker fault.
@@ -320,7 +323,7 @@ class Scorer:
     def _dead_letter(self, rec, reason: str, detail: str, count: bool = True):
         if count:
             self.metrics.dead_lettered.labels(reason).inc()
-        letter = DeadLetter.of(rec, reason, detail)
+        letter = DeadLetter.of(rec, reason, detail, max_value_bytes=self.s.dlq_max_value_bytes)
         return self.publisher.send(self.s.topics.dlq, key=rec.key, value=letter.model_dump_json().encode())
 
     def _text(self, item: NewsItem) -> str:
