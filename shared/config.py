@@ -138,6 +138,11 @@ class ClientTlsSettings(_Strict):
         return self
 
 
+# Bytes one item adds to a request besides its text's characters: field tags and lengths, a candidate's id and a
+# few features. Non-ASCII text takes up to 4 bytes a character, so for it max_message_bytes may bind first.
+ITEM_OVERHEAD_BYTES = 256
+
+
 class ServiceSettings(_Strict):
     @model_validator(mode="before")
     @classmethod
@@ -151,7 +156,7 @@ class ServiceSettings(_Strict):
             value = data.get(key)
             if isinstance(value, dict) and field.default_factory is not None:
                 default = field.get_default(call_default_factory=True)
-                if isinstance(default, ModelSettings):
+                if isinstance(default, (ModelSettings, BatchSettings)):
                     merged[key] = default.model_dump(exclude_unset=True) | value
         return merged
 
@@ -165,7 +170,9 @@ class ServiceSettings(_Strict):
     reject_overlong: bool = False
     max_items: int = Field(256, ge=1, description="most texts (or candidates) in one request")
     max_text_chars: int = Field(20_000, ge=1)
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="largest request; the default fits "
+                                   "max_items texts of max_text_chars ASCII characters (non-ASCII characters take up "
+                                   "to 4 bytes, so this limit may bind first: INVALID_ARGUMENT naming it)")
     max_concurrent_streams: int = Field(1000, ge=1, description="calls open at once on one client connection "
                                         "(HTTP/2 MAX_CONCURRENT_STREAMS); a client past it gets UNAVAILABLE for the "
                                         "excess. Bounds what one connection can make the server hold")
@@ -174,6 +181,33 @@ class ServiceSettings(_Strict):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    def texts_per_request(self) -> tuple[int, str]:
+        """Most texts one request can queue for a model, and how that number is made (for error messages)."""
+        return self.max_items, f"max_items ({self.max_items})"
+
+    @model_validator(mode="after")
+    def _limits_meet(self) -> ServiceSettings:
+        """The largest request the limits allow must be answerable on an idle server: otherwise it is refused
+        every time, and clients that retry RESOURCE_EXHAUSTED loop forever. The one owner of these rules."""
+        texts, made_of = self.texts_per_request()
+        if texts > self.batch.queue_capacity:
+            raise ValueError(f"{made_of} = {texts} texts in one request, over batch.queue_capacity "
+                             f"({self.batch.queue_capacity}): such a request would be refused even by an idle "
+                             "server; raise batch.queue_capacity or lower the item limits")
+        return self
+
+    def byte_limit_binds(self) -> str | None:
+        """Why max_message_bytes refuses requests within the item and character limits, or None. Not an error:
+        those requests get INVALID_ARGUMENT naming max_message_bytes, which clients do not retry, and a small
+        byte limit can be a deliberate choice. The server logs it at start."""
+        texts, made_of = self.texts_per_request()
+        largest = texts * (self.max_text_chars + ITEM_OVERHEAD_BYTES)  # ASCII text: a byte per character
+        if largest <= self.max_message_bytes:
+            return None
+        return (f"{made_of} = {texts} texts of max_text_chars ({self.max_text_chars}) make a request of about "
+                f"{largest} bytes, over max_message_bytes ({self.max_message_bytes}): such requests get "
+                "INVALID_ARGUMENT")
 
 
 class SentimentSettings(ServiceSettings):
@@ -210,7 +244,15 @@ class RecommendSettings(ServiceSettings):
     )
     max_items: int = Field(1000, ge=1)
     max_history: int = Field(500, ge=1)
+    max_text_chars: int = Field(2_000, ge=1, description="per item, history item and profile (a text is cut to "
+                                "max_tokens anyway: ~2,000 characters of English are ~450 tokens)")
+    batch: BatchSettings = Field(default_factory=lambda: BatchSettings(queue_capacity=4096),
+                                 description="the queue holds two of the largest requests (1,501 texts each)")
     cache_size: int = Field(100_000, ge=1, description="item embeddings kept (LRU by id and text hash)")
+
+    def texts_per_request(self) -> tuple[int, str]:
+        texts = self.max_items + self.max_history + 1
+        return texts, f"max_items ({self.max_items}) + max_history ({self.max_history}) + the profile (1)"
 
 
 class Settings(BaseSettings):

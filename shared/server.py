@@ -156,6 +156,10 @@ class GrpcServer:
             "service": self.service.short_name, "port": self.port,
             "tls": "mutual" if tls.client_ca_file else ("on" if tls.enabled else "off"),
             "token": self.settings.auth.enabled, "health_port": self.health_port})
+        binds = self.settings.byte_limit_binds()
+        if binds is not None:
+            log.warning("max_message_bytes binds before the item limits", extra={
+                "service": self.service.short_name, "detail": binds})
         self._load_task = asyncio.create_task(self._load())
         return self.port
 

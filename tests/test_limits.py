@@ -214,3 +214,65 @@ def test_monitor_batch_max():
         finally:
             scorer.close()
     assert sum(polls) == 10 and max(polls) == 3
+
+
+# -- the maxima together ---------------------------------------------------------------------------------
+
+def test_limits_that_cannot_be_met_together_are_refused_at_start():
+    """Before: recommend's defaults allowed 1,000 candidates + 500 history items + a profile (1,501 texts) with a
+    queue of 1,024, so that request got RESOURCE_EXHAUSTED on an idle server every time; and 256 texts of 20,000
+    characters were over the 4 MiB message limit."""
+    from nlpsuite.shared.config import BatchSettings, ConfigError, SentimentSettings, load_settings
+
+    with pytest.raises(ValueError, match=r"max_items \(1000\) \+ max_history \(500\) \+ the profile \(1\) = 1501 "
+                                         r"texts in one request, over batch.queue_capacity \(1024\)"):
+        RecommendSettings(batch=BatchSettings(queue_capacity=1024))
+    # The byte limit binding first is said at start (INVALID_ARGUMENT is not retried, so it is no error).
+    assert SentimentSettings().byte_limit_binds() is None and RecommendSettings().byte_limit_binds() is None
+    assert "over max_message_bytes (4194304)" in SentimentSettings(max_message_bytes=4 << 20).byte_limit_binds()
+    with pytest.raises(ConfigError, match="recommend: .*over batch.queue_capacity"):
+        load_settings(recommend={"max_history": 5000})
+    # A partial batch section keeps the section's defaults (recommend's larger queue among them).
+    assert load_settings(recommend={"batch": {"workers": 4}}).recommend.batch.queue_capacity == 4096
+
+
+def _big_channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 32 << 20),
+                                                  ("grpc.max_receive_message_length", 32 << 20)])
+
+
+def _text(chars: int, i: int) -> str:
+    return (f"item {i} " + "shares rose after the results beat expectations " * (chars // 40 + 1))[:chars]
+
+
+@pytest.mark.slow
+def test_the_largest_request_the_default_limits_allow_is_answered(built_classifier, built_embedder, built_intent):
+    """Each service with its default limits gets, on an idle server, the largest request its documentation
+    allows (every item at its character limit, ASCII) and answers it."""
+    from nlpsuite.shared.config import BatchSettings, SentimentSettings
+    from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, recommend_pb2, recommend_pb2_grpc
+
+    s = SentimentSettings(host="127.0.0.1", port=0, model=_model(built_classifier))
+    with ServerThread(SentimentService(s)).start() as srv, _big_channel(srv.target) as channel:
+        texts = [_text(s.max_text_chars, i) for i in range(s.max_items)]
+        reply = sentiment_pb2_grpc.SentimentServiceStub(channel).Analyze(
+            sentiment_pb2.AnalyzeRequest(texts=texts), timeout=120)
+        assert len(reply.results) == s.max_items == 256
+
+    c = ChatSettings(host="127.0.0.1", port=0, intent_model=_model(built_intent), embedder=_model(built_embedder))
+    with ServerThread(ChatService(c)).start() as srv, _big_channel(srv.target) as channel:
+        texts = [_text(c.max_text_chars, i) for i in range(c.max_items)]
+        reply = chat_pb2_grpc.ChatServiceStub(channel).ClassifyIntent(
+            chat_pb2.ClassifyIntentRequest(texts=texts), timeout=120)
+        assert len(reply.predictions) == c.max_items
+
+    r = RecommendSettings(host="127.0.0.1", port=0, embedder=_model(built_embedder), ranker=None)
+    assert r.batch == BatchSettings(queue_capacity=4096)
+    with ServerThread(RecommendService(r)).start() as srv, _big_channel(srv.target) as channel:
+        user = recommend_pb2.User(history=[recommend_pb2.HistoryItem(text=_text(r.max_text_chars, i))
+                                           for i in range(r.max_history)], profile=_text(r.max_text_chars, -1))
+        candidates = [recommend_pb2.Candidate(id=f"m{i}", text=_text(r.max_text_chars, 10_000 + i))
+                      for i in range(r.max_items)]
+        reply = recommend_pb2_grpc.RecommendServiceStub(channel).Score(
+            recommend_pb2.ScoreRequest(user=user, candidates=candidates), timeout=120)
+        assert len(reply.items) == r.max_items == 1000
