@@ -232,6 +232,10 @@ class ChatSettings(ServiceSettings):
     context_ttl_s: float = Field(1800.0, gt=0)
     max_conversations: int = Field(10_000, ge=1)
     max_conversation_id_chars: int = Field(128, ge=1)
+    context_memory_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024, description="memory the conversation "
+                                      "context may hold; past it the least recently used conversations are dropped. "
+                                      "Only each conversation's last message is kept, its first max_tokens x 8 "
+                                      "characters (what a follow-up read with it can use)")
     top_k: int = Field(3, ge=1)
 
 

@@ -160,7 +160,8 @@ def test_conversation_store_is_bounded_by_turns_ttl_and_count():
     conv = store.get("a")
     for i in range(4):
         store.add(conv, Turn(f"m{i}", "x", 0.5))
-    assert [t.message for t in conv.turns] == ["m2", "m3"] and conv.count == 4
+    # Only the last turn's message is kept (the only one a follow-up uses); older turns keep intent and confidence.
+    assert [(t.message, t.intent) for t in conv.turns] == [("", "x"), ("m3", "x")] and conv.count == 4
     store.get("b")
     store.get("c")  # over the cap: "a", least recently used, goes
     assert len(store) == 2 and store.get("a").count == 0

@@ -276,3 +276,38 @@ def test_the_largest_request_the_default_limits_allow_is_answered(built_classifi
         reply = recommend_pb2_grpc.RecommendServiceStub(channel).Score(
             recommend_pb2.ScoreRequest(user=user, candidates=candidates), timeout=120)
         assert len(reply.items) == r.max_items == 1000
+
+
+def _deep_bytes(store) -> int:
+    """What the store really holds: conversations, their deques, turns, messages and ids."""
+    import sys
+
+    total = sys.getsizeof(store._items)
+    for key, conv in store._items.items():
+        total += sys.getsizeof(key) + sys.getsizeof(conv) + sys.getsizeof(conv.turns) + sys.getsizeof(conv.extra)
+        total += sum(sys.getsizeof(t) + sys.getsizeof(t.message) for t in conv.turns)
+    return total
+
+
+def test_conversation_context_memory_is_bounded_not_only_counted(built_intent, built_embedder):
+    """Long messages through the real Reply RPC. Before the fix every kept turn held its whole message (a 20,000
+    character message starting with an emoji: ~80 KB a turn), so the default caps (10,000 conversations x 5 turns)
+    allowed several GiB against the chat pod's 3 GiB limit."""
+    budget = 512 << 10
+    settings = ChatSettings(host="127.0.0.1", port=0, intent_model=_model(built_intent),
+                            embedder=_model(built_embedder), context_memory_bytes=budget)
+    message = "\N{CREDIT CARD} " + ("my card was stolen and I need a new one " * 500)[:19_998]
+    with ServerThread(ChatService(settings)).start() as srv, ChatClient(srv.target) as c:
+        store = srv.service.conversations
+        for i in range(150):
+            assert [c.reply(f"conv-{i}", message).turn for _ in range(3)] == [1, 2, 3]
+        held, counted, kept = _deep_bytes(store), store.bytes, len(store)
+        last = store.get("conv-149")
+    per_conversation = held / kept
+    print(f"context: {kept} conversations kept, {held} bytes held ({per_conversation:.0f} per conversation), "
+          f"{counted} counted, budget {budget}")
+    assert held <= budget and counted <= budget
+    assert 0.5 * held <= counted <= 2 * held  # the store's own count tracks what it really holds
+    assert 50 <= kept < 150  # the budget, not the count cap (10,000), dropped the least recently used
+    assert [t.message for t in last.turns][:-1] == ["", ""] and message.startswith(last.last.message)
+    assert settings.max_tokens * 8 - 40 <= len(last.last.message) <= settings.max_tokens * 8

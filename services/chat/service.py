@@ -12,6 +12,7 @@ from nlpsuite.shared.config import ChatSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.tokenization import HEAD_CHARS_PER_TOKEN
 from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.v1 import chat_pb2, chat_pb2_grpc, common_pb2
@@ -33,7 +34,9 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         self.kb: KnowledgeBase | None = None
         self.faq_vectors: np.ndarray | None = None
         self.faq_version = ""  # the embedder version faq_vectors came from (a hot reload changes it)
-        self.conversations = ConversationStore(s.context_turns, s.context_ttl_s, s.max_conversations)
+        self.conversations = ConversationStore(s.context_turns, s.context_ttl_s, s.max_conversations,
+                                               keep_chars=s.max_tokens * HEAD_CHARS_PER_TOKEN,
+                                               max_bytes=s.context_memory_bytes)
 
     def models(self):
         return [self.intents, self.embedder]
