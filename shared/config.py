@@ -238,6 +238,10 @@ class ChatSettings(ServiceSettings):
                                       "characters (what a follow-up read with it can use)")
     top_k: int = Field(3, ge=1)
 
+    def texts_per_request(self) -> tuple[int, str]:
+        # Reply reads a follow-up together with the previous message: two texts.
+        return max(self.max_items, 2), f"max(max_items ({self.max_items}), 2 for a follow-up Reply)"
+
 
 class RecommendSettings(ServiceSettings):
     port: int = Field(50053, ge=0, le=65535)

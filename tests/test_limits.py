@@ -232,6 +232,8 @@ def test_limits_that_cannot_be_met_together_are_refused_at_start():
     assert "over max_message_bytes (4194304)" in SentimentSettings(max_message_bytes=4 << 20).byte_limit_binds()
     with pytest.raises(ConfigError, match="recommend: .*over batch.queue_capacity"):
         load_settings(recommend={"max_history": 5000})
+    with pytest.raises(ValueError, match=r"2 for a follow-up Reply\) = 2 texts in one request"):
+        ChatSettings(max_items=1, batch=BatchSettings(queue_capacity=1))
     # A partial batch section keeps the section's defaults (recommend's larger queue among them).
     assert load_settings(recommend={"batch": {"workers": 4}}).recommend.batch.queue_capacity == 4096
 
@@ -311,3 +313,15 @@ def test_conversation_context_memory_is_bounded_not_only_counted(built_intent, b
     assert 50 <= kept < 150  # the budget, not the count cap (10,000), dropped the least recently used
     assert [t.message for t in last.turns][:-1] == ["", ""] and message.startswith(last.last.message)
     assert settings.max_tokens * 8 - 40 <= len(last.last.message) <= settings.max_tokens * 8
+
+
+def test_a_knowledge_base_larger_than_the_queue_still_loads(built_intent, built_embedder):
+    """The FAQ is embedded in chunks of half the queue: with a queue of 2 texts the shipped FAQ (more entries
+    than that) loads, and a follow-up Reply (two texts) is answered."""
+    from nlpsuite.shared.config import BatchSettings
+
+    settings = ChatSettings(host="127.0.0.1", port=0, intent_model=_model(built_intent),
+                            embedder=_model(built_embedder), max_items=2, batch=BatchSettings(queue_capacity=2))
+    with ServerThread(ChatService(settings)).start() as srv, ChatClient(srv.target) as c:
+        assert len(srv.service.kb.faq) > 2 and srv.service.faq_vectors.shape[0] == len(srv.service.kb.faq)
+        assert [c.reply("q", "where is my card").turn, c.reply("q", "it has not arrived").turn] == [1, 2]

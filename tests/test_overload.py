@@ -118,6 +118,7 @@ async def scenario(server: ServeProcess) -> dict:
 def test_ten_times_capacity_is_shed_fast_with_bounded_latency_and_memory(tmp_path, built_classifier):
     section = {"model": {"name": built_classifier.manifest.name,
                          "repository": str(built_classifier.path.parent.parent)},
+               "max_items": TEXTS,  # the start-up check: one request's most texts must fit the queue
                "batch": {"workers": 1, "max_batch_size": MAX_BATCH, "queue_capacity": QUEUE_CAPACITY}}
     with ServeProcess(tmp_path, "sentiment", section, SERVICE) as server:
         r = asyncio.run(scenario(server))

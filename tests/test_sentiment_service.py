@@ -144,11 +144,22 @@ def test_reject_overlong_answers_invalid_argument(built_classifier):
 
 
 def test_full_queue_is_resource_exhausted(built_classifier):
-    settings = settings_for(built_classifier, batch=BatchSettings(queue_capacity=2))
+    """A queue of 2 texts, one text a batch: of 40 concurrent 2-text calls, those that find texts waiting are
+    refused with RESOURCE_EXHAUSTED; the rest are answered. (A single request over the queue cannot happen:
+    settings whose max_items exceed queue_capacity are refused at start, tests/test_limits.py.)"""
+    settings = settings_for(built_classifier, max_items=2,
+                            batch=BatchSettings(queue_capacity=2, workers=1, max_batch_size=1))
     with ServerThread(SentimentService(settings)).start() as srv, SentimentClient(srv.target) as c:
-        with pytest.raises(grpc.RpcError) as err:
-            c.analyze(["a", "b", "c"])
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        def call(_) -> str:
+            try:
+                c.analyze(["shares fell sharply after the results", "b"])
+                return "OK"
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        with ThreadPoolExecutor(40) as pool:
+            codes = list(pool.map(call, range(40)))
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
         assert len(c.analyze(["a", "b"]).results) == 2
 
 

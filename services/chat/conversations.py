@@ -85,6 +85,8 @@ class ConversationStore:
             conv.turns[-1] = dataclasses.replace(previous, message="")
             self._resize(conv, -text_bytes(previous.message))
         kept = head(turn.message, self.keep_chars)
+        if kept is None and len(turn.message) > self.keep_chars:  # no space to cut at (CJK, a URL)
+            kept = turn.message[: self.keep_chars]
         turn = dataclasses.replace(turn, message=turn.message if kept is None else kept)
         conv.turns.append(turn)
         conv.count += 1

@@ -140,6 +140,15 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         return self.kb.faq[best], float(sims[best])
 
     async def _embed_faq(self, deadline) -> None:
+        """In chunks of at most half the queue: a knowledge base larger than the queue still loads."""
         assert self.kb is not None
-        result = await self.embedder.infer([e.question for e in self.kb.faq], Timing(0.0), deadline)
-        self.faq_vectors, self.faq_version = result.outputs, result.model.version
+        questions = [e.question for e in self.kb.faq]
+        step = max(1, self.settings.batch.queue_capacity // 2)
+        parts, versions = [], set()
+        for start in range(0, len(questions), step):
+            result = await self.embedder.infer(questions[start:start + step], Timing(0.0), deadline)
+            parts.append(result.outputs)
+            versions.add(result.model.version)
+        if len(versions) > 1:
+            raise Unavailable("the embedder changed version while the FAQ was embedded; retry")
+        self.faq_vectors, self.faq_version = np.concatenate(parts), versions.pop()
