@@ -20,9 +20,10 @@ from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
 from nlpsuite.pipeline.train import Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch
 from nlpsuite.shared.model_repo import (
-    TOKENIZER, Manifest, ModelRepository, ModelVersion, VariantInfo, write_manifest,
+    TOKENIZER, Manifest, ModelRepository, ModelVersion, VariantInfo, mkdirs_readable, write_manifest,
 )
 from nlpsuite.shared.runtime import create_session
+from nlpsuite.shared.self_test import GOLDEN, GoldenSet, golden_indices
 from nlpsuite.shared.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,14 @@ def gate_scores(task: str, outputs: np.ndarray, reference: np.ndarray, dev: Data
     return metrics
 
 
+def golden_set(task: str, encoder: TextEncoder, texts: list[str], outputs: dict[str, np.ndarray]) -> GoldenSet:
+    """The load-time self-test's texts: a spread of dev texts with the fp32 variant's outputs as reference."""
+    rows = golden_indices(texts)
+    chosen = [texts[i] for i in rows]
+    return GoldenSet.build(task, chosen, encoder.tokenize(chosen).ids, outputs["fp32"][rows],
+                           {name: out[rows] for name, out in outputs.items()})
+
+
 def build(config: BuildConfig) -> ModelVersion:
     started = time.monotonic()
     hp = config.hyperparameters
@@ -139,7 +148,7 @@ def build(config: BuildConfig) -> ModelVersion:
     model, tokenizer = result.model, result.tokenizer
 
     repo = ModelRepository(config.repository)
-    config.repository.mkdir(parents=True, exist_ok=True)
+    mkdirs_readable(config.repository)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=config.repository))
     try:
         tok_dir = staging / "_tokenizer"
@@ -172,9 +181,10 @@ def build(config: BuildConfig) -> ModelVersion:
                                         list(train_sample[1]))
         variants: dict[str, VariantInfo] = {}
         refused: list[str] = []
+        dev_outputs: dict[str, np.ndarray] = {}
         for name, path in files.items():
             started_eval = time.perf_counter()
-            outputs = run_variant(path, encoder, dev.texts)
+            outputs = dev_outputs[name] = run_variant(path, encoder, dev.texts)
             metrics = gate_scores(config.task, outputs, reference, dev, labels, train_emb, list(train_sample[1]))
             metrics["ms_per_example"] = (time.perf_counter() - started_eval) * 1000 / max(len(dev), 1)
             drop = (reference_metrics["score"] - metrics["score"]) * 100
@@ -195,6 +205,8 @@ def build(config: BuildConfig) -> ModelVersion:
             raise BuildError("accuracy gate refused the fp32 reference; nothing published: " + "; ".join(refused))
         if refused:
             log.warning("accuracy gate refused: %s", "; ".join(refused))
+        golden = golden_set(config.task, encoder, dev.texts, {v: dev_outputs[v] for v in variants})
+        (staging / GOLDEN).write_text(golden.model_dump_json())
 
         manifest = Manifest(
             name=config.name,

@@ -7,11 +7,15 @@ Layout of one version (written by `nlpsuite build`, read by every service):
     model.fp32.onnx      fused reference
     model.int8.onnx      batch-invariant int8, for CPUs
     model.fp16.onnx      for GPUs
+    golden.json          a few dev texts with the fp32 outputs and a drift bound per variant: the load-time
+                         self-test (shared/self_test.py) runs them on the provider each load gets
     checkpoint/          optional (`nlpsuite build --save-checkpoint`): the fine-tuned Hugging Face checkpoint,
                          for PyTorch comparisons (`nlpsuite bench`) and re-export; serving never reads it
 
 Publishing is atomic: a version is assembled in a hidden temp dir beside its final place and renamed
-into place, so a reader sees either no version or a complete one.
+into place, so a reader sees either no version or a complete one. A published version is readable by every
+user (directories 0755, files 0644), whatever the publisher's umask: the images serve as uid 10001 what a
+root build baked in, and a build job may fill a volume as yet another user.
 """
 from __future__ import annotations
 
@@ -109,6 +113,43 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise ModelRepoError(f"{path} is not a valid manifest: {exc}") from exc
 
 
+READABLE_DIR, READABLE_FILE = 0o755, 0o644
+
+
+def make_readable(root: Path) -> None:
+    """Let every user read `root` and everything under it (not write): dirs 0755, files 0644."""
+    os.chmod(root, READABLE_DIR)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), READABLE_DIR)
+        for name in files:
+            os.chmod(os.path.join(parent, name), READABLE_FILE)
+
+
+def mkdirs_readable(path: Path) -> None:
+    """mkdir -p whose new directories every user may enter, whatever the umask (existing ones are left alone)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        os.chmod(directory, READABLE_DIR)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why this process cannot read a version directory, or None."""
+    if os.access(path, os.R_OK | os.X_OK):
+        return None
+    st = path.stat()
+    return (f"{path} is not readable by uid {os.getuid()} (mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}); "
+            f"it was published private to its publisher (as nlpsuite did before 2026-12); let every user read "
+            f"it with `chmod -R a+rX {path.parent}`")
+
+
 def _version_key(name: str) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (-1, name)
 
@@ -122,8 +163,15 @@ class ModelRepository:
         model_dir = self.root / name
         if not model_dir.is_dir():
             return []
-        found = [p.name for p in model_dir.iterdir()
-                 if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        found = []
+        for p in model_dir.iterdir():
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            problem = _unreadable(p)
+            if problem is not None:
+                raise ModelRepoError(problem)
+            if (p / MANIFEST).is_file():
+                found.append(p.name)
         return sorted(found, key=_version_key)
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
@@ -140,11 +188,12 @@ class ModelRepository:
     def publish(self, staged: Path, name: str) -> ModelVersion:
         """Move a fully written staging dir into place as the next version, atomically."""
         model_dir = self.root / name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
+        mkdirs_readable(model_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))  # mode 0700 until make_readable
         try:
             for item in staged.iterdir():
                 shutil.copy2(item, tmp / item.name) if item.is_file() else shutil.copytree(item, tmp / item.name)
+            make_readable(tmp)
             while True:
                 versions = [v for v in self.versions(name) if v.isdigit()]
                 version = str(int(versions[-1]) + 1) if versions else "1"

@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, tmp_path: Path, service: str, section: dict, service_name: str) -> None:
+    def __init__(self, tmp_path: Path, service: str, section: dict, service_name: str,
+                 user: int | None = None) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.service_name = service_name
         config = {service: {"host": "127.0.0.1", "port": self.port, "metrics_port": self.metrics_port, **section}}
@@ -32,6 +33,7 @@ class ServeProcess:
         self.stderr_path = tmp_path / f"{service}-serve.log"
         self.args = [sys.executable, "-m", "nlpsuite.cli", "serve", service, "--config", str(self.config)]
         self.proc: subprocess.Popen | None = None
+        self.user = user  # run as this uid (and gid), as a container's non-root user; needs root here
 
     @property
     def target(self) -> str:
@@ -39,7 +41,8 @@ class ServeProcess:
 
     def start(self, timeout: float = 120.0) -> ServeProcess:
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(self.args, stderr=self._stderr, start_new_session=True)
+        as_user = {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
+        self.proc = subprocess.Popen(self.args, stderr=self._stderr, start_new_session=True, **as_user)
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             end = time.monotonic() + timeout
