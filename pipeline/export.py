@@ -7,11 +7,11 @@ from pathlib import Path
 import onnx
 
 from nlpsuite.shared.onnx_io import pin_ir_version
+from nlpsuite.shared.tokenization import INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAME = {"classify": "logits", "embed": "sentence_embedding"}
 
 
@@ -58,7 +58,7 @@ def export_onnx(model, task: str, out_path: Path) -> Path:
             wrapped,
             (dummy_ids, dummy_mask),
             str(out_path),
-            input_names=INPUT_NAMES,
+            input_names=list(INPUT_NAMES),
             output_names=[output],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "sequence"},

@@ -30,7 +30,14 @@ class ModelSettings(_Strict):
     repository: Path = Path("models")
     version: str | None = None  # None: the newest published version
     variant: Literal["int8", "fp16", "fp32"] | None = None  # None: int8 on CPU, fp16 on GPU
-    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
+    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field("auto", description="auto: TensorRT where its "
+                                                                 "libraries load, else CUDA, else the CPU")
+    device_id: int = Field(0, ge=0, description="the GPU to run on (CUDA device index)")
+    engine_cache_dir: Path | None = Field(None, description="writable folder for TensorRT engines and its timing "
+                                          "cache, one subfolder per model version (None: $XDG_CACHE_HOME/nlpsuite/"
+                                          "tensorrt, else ~/.cache/nlpsuite/tensorrt); never the model repository")
+    self_test: bool = Field(True, description="at every load and hot reload, run the version's golden texts on "
+                            "the provider it got and refuse a variant that drifts past its bound")
     intra_threads: int = Field(1, ge=0, description="ONNX Runtime threads per batch run (0: runtime default)")
     solo_threads: int | None = Field(None, ge=0, description="ONNX Runtime threads for a batch that runs while no "
                                      "other does (lower latency at light load; CPU only). None: the cores this "
@@ -38,18 +45,40 @@ class ModelSettings(_Strict):
     reload_interval_s: float = Field(10.0, ge=0, description="poll for a newer published version when version "
                                      "is None, and switch to it without dropping requests (0: never)")
 
+    def engine_cache(self) -> Path:
+        if self.engine_cache_dir is not None:
+            return self.engine_cache_dir
+        root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(root) / "nlpsuite" / "tensorrt"
+
+
+# Batch limits when not configured. On the CPU a batch's cost per text grows with its padded size (padding, and
+# activations that spill out of cache): MiniLM int8 with one thread per batch ran ~64-token texts at 146 texts/s
+# one by one and 118 in batches of 32; served at 128 clients, a 512-token budget gave 146-149 texts/s against
+# 132-136 with 4096 (~32-token texts: 278-282 against 268; ~128-token texts: 77 against 69-72). A GPU wants
+# large batches to be busy: 128 texts of up to 128 tokens (not yet measured on a GPU).
+CPU_BATCH_SIZE, CPU_BATCH_TOKENS = 32, 512
+GPU_BATCH_SIZE, GPU_BATCH_TOKENS = 128, 16384
+
 
 class BatchSettings(_Strict):
     workers: int = Field(2, ge=1, description="batches run concurrently (each on its own thread)")
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int | None = Field(None, ge=1, description=f"most texts per batch (None: {CPU_BATCH_SIZE} on "
+                                       f"the CPU, {GPU_BATCH_SIZE} on a GPU)")
     max_batch_tokens: int | None = Field(None, ge=1, description="budget of padded tokens (size x longest) per batch "
-                                         "(None: 512 on the CPU, where smaller batches run faster per text; 4096 "
-                                         "on a GPU)")
+                                         f"(None: {CPU_BATCH_TOKENS} on the CPU, where smaller batches run faster "
+                                         f"per text; {GPU_BATCH_TOKENS} on a GPU)")
     max_delay_ms: float = Field(0.0, ge=0, description="longest wait for company once a request is queued, when "
                                 "a worker is free (0: run at once; under load batches form while workers are busy)")
     queue_capacity: int = Field(1024, ge=1, description="queued texts; beyond this, RESOURCE_EXHAUSTED")
     pin_workers: bool = Field(True, description="pin worker thread i to CPU core i when the process owns its cores "
                               "(an affinity mask and no smaller cgroup CPU limit; otherwise never pinned)")
+
+    def limits(self, on_gpu: bool) -> tuple[int, int]:
+        """(most texts, most padded tokens) per batch on this device."""
+        size = self.max_batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        tokens = self.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS)
+        return size, tokens
 
 
 def read_file(path: Path, what: str) -> bytes:

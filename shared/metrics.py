@@ -26,6 +26,10 @@ class Metrics:
                                "open streams", ["service", "method"], registry=self.registry)
         self.model_version = Gauge("nlpsuite_model_version_info", "1 for the model version serving now, by labels",
                                    ["service", "model", "version", "variant", "provider"], registry=self.registry)
+        self.self_test_drift = Gauge("nlpsuite_model_self_test_drift", "Largest drift of a loaded version's golden "
+                                     "texts from their reference, on the provider it got (probability or 1 - "
+                                     "cosine); a version past its bound is refused",
+                                     ["service", "model", "version", "variant", "provider"], registry=self.registry)
         self.model_reloads = Counter("nlpsuite_model_reloads", "Hot reloads by outcome (switched, refused)",
                                      ["service", "model", "outcome"], registry=self.registry)
         self._server = None

@@ -9,24 +9,47 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import onnxruntime as ort
 
+from nlpsuite.shared.providers import GPU_PROVIDERS, NAMES as _NAMES, GpuOptions, missing_libraries, provider_list
+from nlpsuite.shared.tokenization import INPUT_NAMES
+
 log = logging.getLogger(__name__)
 
 ProviderChoice = Literal["auto", "tensorrt", "cuda", "cpu"]
-_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 _AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which provider ran each node of a session's graph (from ORT's profile of one run)."""
+
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)  # provider -> op type -> nodes
+
+    def nodes(self, provider: str) -> int:
+        return sum(self.ops.get(provider, {}).values())
+
+    @property
+    def copies(self) -> int:
+        """Memcpy nodes: tensors moved between the GPU and the host on every run."""
+        return sum(n for ops in self.ops.values() for op, n in ops.items() if op.startswith("Memcpy"))
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"nodes": {p: self.nodes(p) for p in self.ops}}
+        if any(p in GPU_PROVIDERS for p in self.ops):
+            out["cpu_ops"] = sorted(self.ops.get("CPUExecutionProvider", {}))
+            out["copies"] = self.copies
+        return out
 
 
 @dataclass(frozen=True)
@@ -34,10 +57,31 @@ class RuntimeSession:
     session: ort.InferenceSession
     provider: str  # what the session really runs on, e.g. "CPUExecutionProvider"
     path: Path
+    providers: tuple[str, ...] = ()  # everything the session registered, in priority order
 
     @property
     def on_gpu(self) -> bool:
         return self.provider != "CPUExecutionProvider"
+
+    def end_profiling(self) -> Placement:
+        """Stop the profiling `create_session(profile=True)` started and read which provider ran each node."""
+        path = Path(self.session.end_profiling())
+        try:
+            events = json.loads(path.read_text())
+        finally:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        seen: dict[str, tuple[str, str]] = {}
+        for event in events:
+            args = event.get("args") or {}
+            name = event.get("name", "")
+            if event.get("cat") == "Node" and name.endswith("_kernel_time") and "provider" in args:
+                seen[name] = (args["provider"], args.get("op_name", "?"))
+        ops: dict[str, Counter] = {}
+        for provider, op in seen.values():
+            ops.setdefault(provider, Counter())[op] += 1
+        return Placement({p: dict(sorted(c.items())) for p, c in ops.items()})
 
 
 def _cgroup_cpu_limit() -> float | None:
@@ -70,8 +114,12 @@ def owned_cores() -> list[int] | None:
     return cores if available_cores() == len(cores) else None
 
 
-def _session_options(intra_threads: int, inter_threads: int, spinning: bool = True) -> ort.SessionOptions:
+def _session_options(intra_threads: int, inter_threads: int, spinning: bool = True,
+                     profile: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if profile:  # the first runs only: RuntimeSession.end_profiling stops it
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="nlpsuite-placement-")) / "ort")
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
     if not spinning:
@@ -82,11 +130,12 @@ def _session_options(intra_threads: int, inter_threads: int, spinning: bool = Tr
     return options
 
 
-def _quiet_session(model: str | bytes, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+def _quiet_session(model: str | bytes, options: ort.SessionOptions,
+                   providers: list[str] | list[tuple[str, dict[str, str]]]) -> ort.InferenceSession:
     # When a GPU provider fails, onnxruntime's Python wrapper print()s an "EP Error" banner to stdout
     # before falling back; keep stdout clean for commands whose output is parsed.
     with contextlib.redirect_stdout(io.StringIO()):
-        return ort.InferenceSession(model, options, providers=[provider])
+        return ort.InferenceSession(model, options, providers=providers)
 
 
 def expected_provider(provider: ProviderChoice = "auto") -> str:
@@ -125,7 +174,7 @@ def _probe(choice: str) -> bool:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     try:
-        session = _quiet_session(model.SerializeToString(), _session_options(1, 1), _NAMES[choice])
+        session = _quiet_session(model.SerializeToString(), _session_options(1, 1), [_NAMES[choice]])
     except Exception:  # noqa: BLE001 - any failure means the provider is not usable here
         return False
     return session.get_providers()[0] == _NAMES[choice]
@@ -133,14 +182,17 @@ def _probe(choice: str) -> bool:
 
 def create_session(
     path: Path, provider: ProviderChoice = "auto", intra_threads: int = 0, inter_threads: int = 1,
-    spinning: bool = True,
+    spinning: bool = True, gpu: GpuOptions | None = None, profile: bool = False,
 ) -> RuntimeSession:
     """Open a model on the first provider that really works, in the order TensorRT, CUDA, CPU.
 
-    `provider` other than "auto" forces one; if it cannot run here we raise instead of silently falling back.
+    `provider` other than "auto" forces one; if it cannot run here we raise instead of silently falling back,
+    naming the libraries that are missing. TensorRT sessions keep CUDA (then the CPU) behind TensorRT for the
+    nodes it does not take; `gpu` sets the device, the engine cache and the shape profile. `profile`: record
+    which provider runs each node until `end_profiling()`.
     """
     order = _AUTO_ORDER if provider == "auto" else (provider,)
-    options = _session_options(intra_threads, inter_threads, spinning)
+    gpu = gpu or GpuOptions()
     errors: list[str] = []
     for choice in order:
         name = _NAMES[choice]
@@ -148,17 +200,30 @@ def create_session(
             errors.append(f"{name}: not in this onnxruntime build")
             continue
         if provider == "auto" and not probe_provider(choice):
-            errors.append(f"{name}: not usable on this machine")
+            errors.append(f"{name}: {missing_libraries(choice) or 'not usable on this machine'}")
             continue
+        providers = provider_list(choice, gpu, list(INPUT_NAMES))
+        options = _session_options(intra_threads, inter_threads, spinning, profile)
+        if choice != "cpu":  # our error names what is missing; ORT's own log lines would only repeat it
+            ort.set_default_logger_severity(4)
         try:
-            session = _quiet_session(str(path), options, name)
+            session = _quiet_session(str(path), options, providers)
         except Exception as exc:  # noqa: BLE001 - try the next provider, report all at the end
-            errors.append(f"{name}: {str(exc).splitlines()[0][:200]}")
+            errors.append(f"{name}: {_why(choice, exc)}")
             continue
+        finally:
+            ort.set_default_logger_severity(2)
         actual = session.get_providers()[0]
         if actual != name:
-            errors.append(f"{name}: session fell back to {actual}")
+            errors.append(f"{name}: session fell back to {actual}; {missing_libraries(choice) or 'no GPU found'}")
             continue
         log.info("onnxruntime provider selected", extra={"provider": actual, "model": str(path)})
-        return RuntimeSession(session=session, provider=actual, path=path)
+        return RuntimeSession(session=session, provider=actual, path=path,
+                              providers=tuple(session.get_providers()))
     raise RuntimeError(f"no execution provider could open {path}: " + "; ".join(errors))
+
+
+def _why(choice: str, exc: Exception) -> str:
+    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    missing = missing_libraries(choice)
+    return f"{missing} ({first})" if missing else first

@@ -20,18 +20,14 @@ from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model import LoadedModel, open_model, softmax
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, Task
 from nlpsuite.shared.offload import run_cpu, text_chars
-from nlpsuite.shared.runtime import owned_cores
+from nlpsuite.shared.providers import GPU_PROVIDERS, ShapeProfile
+from nlpsuite.shared.runtime import expected_provider, owned_cores
+from nlpsuite.shared.self_test import read_golden, run_self_test
 from nlpsuite.shared.tokenization import TextTooLongError
 from nlpsuite.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-# Default token budgets per batch. On the CPU a batch's cost per text grows with its padded size (padding, and
-# activations that spill out of cache): MiniLM int8 with one thread per batch ran ~64-token texts at 146 texts/s
-# one by one and 118 in batches of 32; served at 128 clients, a 512-token budget gave 146-149 texts/s against
-# 132-136 with 4096 (~32-token texts: 278-282 against 268; ~128-token texts: 77 against 69-72).
-CPU_BATCH_TOKENS = 512
-GPU_BATCH_TOKENS = 4096
 DRAIN_TIMEOUT_S = 60.0  # how long a replaced version gets to finish its queued texts
 WARMUP_TEXTS = ("warm up", "a somewhat longer sentence to warm up the runtime with a few more tokens in it")
 
@@ -135,9 +131,13 @@ class ServedModel:
                                  f"{self.task!r} model")
         if manifest.task == "classify" and not manifest.labels:
             raise ModelRepoError(f"{where}: manifest.json lists no labels for a classifier")
+        max_batch, max_batch_tokens = self.batch_settings.limits(expected_provider(s.provider) in GPU_PROVIDERS)
+        max_length = min(self.max_tokens, manifest.max_length)
         try:
             model = open_model(resolved, provider=s.provider, variant=s.variant, intra_threads=s.intra_threads,
-                               max_length=min(self.max_tokens, manifest.max_length), solo_threads=s.solo_threads)
+                               max_length=max_length, solo_threads=s.solo_threads, device_id=s.device_id,
+                               engine_cache=s.engine_cache(),
+                               profile=ShapeProfile.for_batcher(max_batch, max_batch_tokens, max_length))
         except ModelRepoError as exc:
             raise ModelRepoError(f"{where}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers raise their own types
@@ -145,16 +145,41 @@ class ServedModel:
                                  ) from exc
         # Warm-up: the first runs allocate and pick kernels; do them before reporting SERVING. They also
         # prove that the model's outputs fit its manifest.
+        # (A TensorRT session builds its engines here, for every shape up to the batcher's limits.)
         sessions = (False, True) if model.solo is not None else (False,)  # alone=True: the solo session
         for texts, alone in itertools.product(([WARMUP_TEXTS[0]], list(WARMUP_TEXTS), list(WARMUP_TEXTS) * 4),
                                               sessions):
+            texts = texts[:max_batch]
             try:
                 out = model.predict(texts, alone)
             except Exception as exc:  # noqa: BLE001
                 raise ModelRepoError(f"{where}: warm-up inference failed: {str(exc).splitlines()[0][:300]}"
                                      ) from exc
             self._check_outputs(model, out, len(texts), where)
+        if s.self_test:
+            self._self_test(model, resolved.path, max_batch, where)
         return model
+
+    def _self_test(self, model: LoadedModel, version_dir, max_batch: int, where: str) -> None:
+        """Run the version's golden texts on the provider we got; refuse the variant if they drift past its bound."""
+        golden = read_golden(version_dir)
+        if golden is None:
+            log.warning("model has no golden set: self-test skipped", extra={"model": self.settings.name,
+                                                                             "version": model.manifest.version})
+            return
+        try:
+            result = run_self_test(golden, model.variant, model.provider, model.run_ids, model.encoder.max_length,
+                                   max_batch)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelRepoError(f"{where}: self-test inference failed: {str(exc).splitlines()[0][:300]}") from exc
+        model.self_test = result
+        if result is None:
+            return
+        if self.metrics is not None:
+            self.metrics.self_test_drift.labels(self.metrics.service, self.settings.name, model.manifest.version,
+                                                model.variant, model.provider).set(result.drift)
+        if not result.passed:
+            raise ModelRepoError(f"{where}: {result.problem()}")
 
     @staticmethod
     def _check_outputs(model: LoadedModel, out: np.ndarray, rows: int, where: str) -> None:
@@ -196,9 +221,9 @@ class ServedModel:
         """Swap in `model` with a fresh batcher; the old version finishes what it has queued, then stops."""
         b = self.batch_settings
         name = model.manifest.name
+        max_batch, max_batch_tokens = b.limits(model.runtime.on_gpu)
         batcher = DynamicBatcher(
-            functools.partial(self._run_batch, model), max_batch_size=b.max_batch_size,
-            max_batch_tokens=b.max_batch_tokens or (GPU_BATCH_TOKENS if model.runtime.on_gpu else CPU_BATCH_TOKENS),
+            functools.partial(self._run_batch, model), max_batch_size=max_batch, max_batch_tokens=max_batch_tokens,
             max_delay_s=b.max_delay_ms / 1000, capacity=b.queue_capacity,
             workers=b.workers, on_batch=self._on_batch, on_depth=self._on_depth, name=name,
             pin_cores=owned_cores() if b.pin_workers and not model.runtime.on_gpu else None,
@@ -215,7 +240,10 @@ class ServedModel:
         log.info("model ready", extra={"model": name, "version": model.manifest.version, "variant": model.variant,
                                        "provider": model.provider, "max_tokens": self.max_tokens,
                                        "max_batch_tokens": batcher.max_batch_tokens,
-                                       "solo_threads": model.solo_threads, "pinned_cores": batcher.pin_cores})
+                                       "max_batch_size": batcher.max_batch_size,
+                                       "solo_threads": model.solo_threads, "pinned_cores": batcher.pin_cores,
+                                       "self_test": model.self_test.summary() if model.self_test else None,
+                                       "placement": model.placement.summary() if model.placement else None})
         if old is not None:
             await old.batcher.drain(DRAIN_TIMEOUT_S)
 

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 # A text longer than max_length x this many characters is first tokenized from its head only. English runs at
 # ~4-5 characters per MiniLM token, so the head of a long text nearly always proves it is over the limit.
 HEAD_CHARS_PER_TOKEN = 8
+INPUT_NAMES = ("input_ids", "attention_mask")  # every model's inputs: int64 [batch, sequence]
 
 
 class TextTooLongError(ValueError):
@@ -46,7 +47,7 @@ class Encoded:
     truncated: np.ndarray  # bool [batch]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return dict(zip(INPUT_NAMES, (self.input_ids, self.attention_mask)))
 
 
 def head(text: str, chars: int) -> str | None:

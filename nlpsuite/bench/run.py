@@ -195,7 +195,8 @@ class _Runner:
 
         s = load_settings(config).sentiment
         settings = {"workers": s.batch.workers, "ORT threads": s.model.intra_threads,
-                    "max batch": s.batch.max_batch_size, "max delay ms": s.batch.max_delay_ms}
+                    "max batch": s.batch.limits(info.provider != "CPUExecutionProvider")[0],
+                    "max delay ms": s.batch.max_delay_ms}
         return ServerRun(name="service", label="our service (nlpsuite serve sentiment)", kind="service",
                          settings=settings, variant=info.variant, provider=info.provider, levels=load.levels,
                          probe=load.probe, peak_rss_mb=round(peak, 1))
