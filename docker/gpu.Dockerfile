@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # nlpsuite serving image, GPU: CUDA 13 + cuDNN 9 runtime base, which onnxruntime-gpu 1.31 needs
-# (libcublasLt.so.13, libcudnn.so.9). Build from the repository root:
+# (libcublasLt.so.13, libcudnn.so.9), and TensorRT 10. Build from the repository root:
 #   docker build -f docker/gpu.Dockerfile -t nlpsuite-gpu:0.1.0 .
 # Bake a prebuilt model repository into the image (otherwise mount one at /models at run time):
 #   docker build -f docker/gpu.Dockerfile --build-context models=./models -t nlpsuite-gpu:0.1.0-models .
@@ -28,6 +28,16 @@ COPY pipeline/ pipeline/
 COPY examples/ examples/
 RUN pip install --no-compile -c constraints.txt . \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the serving image" >&2; exit 1; fi
+# TensorRT 10 for CUDA 13, the libraries onnxruntime-gpu 1.31's TensorRT provider links against (libnvinfer.so.10,
+# libnvonnxparser.so.10); the PyPI package is a stub that fetches NVIDIA's wheel from pypi.nvidia.com.
+# --build-arg TENSORRT_VERSION= (empty) leaves it out: the services then run on the CUDA provider.
+ARG TENSORRT_VERSION=10.16.1.11
+RUN if [ -n "${TENSORRT_VERSION}" ]; then \
+      pip install --no-compile --no-deps -c constraints.txt --extra-index-url https://pypi.nvidia.com \
+        "tensorrt-cu13-libs==${TENSORRT_VERSION}" \
+      && test -e /opt/venv/lib/python3.12/site-packages/tensorrt_libs/libnvinfer.so.10 \
+      && test -e /opt/venv/lib/python3.12/site-packages/tensorrt_libs/libnvonnxparser.so.10; \
+    fi
 
 # --- runtime: CUDA + cuDNN runtime libraries, Python, the venv; non-root ---
 # CUDA 13.0 runtime libraries (cuBLAS, cuFFT, ...) and cuDNN 9 on Ubuntu 24.04, the build stage's release.
@@ -48,6 +58,7 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 COPY --from=models --chown=root:root / /models/
 ENV PATH=/opt/venv/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

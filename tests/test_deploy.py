@@ -286,7 +286,7 @@ def _model_fields(docs: list[dict]) -> list[str]:
 
 
 @pytest.mark.parametrize("overlay,variant,provider", [("cpu", "int8", "cpu"), ("dev", "int8", "cpu"),
-                                                      ("gpu", "fp16", "cuda")])
+                                                      ("gpu", "fp16", "tensorrt")])
 def test_overlay_provider_picks_the_variant(rendered, overlay, variant, provider):
     """Overlays pin the provider, not the variant: the provider's preferred variant is chosen, and a model
     whose gate refused it (the default intent model publishes fp32 only) still starts on fp32."""
@@ -299,7 +299,7 @@ def test_overlay_provider_picks_the_variant(rendered, overlay, variant, provider
     for field in fields:
         assert f"{field}__VARIANT" not in env, f"{overlay}: {field} pins a variant"
         assert env.get(f"{field}__PROVIDER") == provider, f"{overlay}: {field}"
-    ort_provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+    ort_provider = {"cpu": "CPUExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider]
 
     def manifest(*variants: str) -> Manifest:
         return Manifest(name="m", task="classify", base_checkpoint="b", base_checkpoint_sha256="0",
@@ -319,10 +319,32 @@ def test_gpu_overlay_requests_gpus_on_gpu_nodes(rendered):
         assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert c["image"].startswith("nlpsuite/nlpsuite-gpu:")
+        # the host side must not be the bottleneck: CPUs beside the GPU, and a writable TensorRT engine cache
+        assert float(c["resources"]["requests"]["cpu"]) >= 4 and float(c["resources"]["limits"]["cpu"]) >= 8
+        assert {"name": "XDG_CACHE_HOME", "value": "/var/cache/nlpsuite"} in c["env"]
+        assert {"name": "engine-cache", "mountPath": "/var/cache/nlpsuite"} in c["volumeMounts"]
+        assert {"name": "engine-cache", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+        # engines are built before SERVING: the startup probe allows 10 minutes
+        assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600
     monitor = _pod(deps["nlpsuite-monitor"])
     assert "nvidia.com/gpu" not in monitor["containers"][0]["resources"]["limits"]
     assert "nodeSelector" not in monitor
     assert monitor["containers"][0]["image"].startswith("nlpsuite/nlpsuite-cpu:")
+
+
+def test_gpu_pods_scale_on_queued_texts(rendered):
+    from nlpsuite.shared.metrics import Metrics
+
+    exported = {m.name for m in Metrics("sentiment").registry.collect()}
+    hpas = _of(rendered["gpu"], "HorizontalPodAutoscaler")
+    for svc in SERVICES:
+        metrics = hpas[f"nlpsuite-{svc}"]["spec"]["metrics"]
+        pods = [m["pods"] for m in metrics if m["type"] == "Pods"]
+        assert [p["metric"]["name"] for p in pods] == ["nlpsuite_queue_depth"]
+        assert pods[0]["metric"]["name"] in exported
+        assert any(m["type"] == "Resource" for m in metrics)  # CPU still counts where no adapter serves the metric
+    for hpa in _of(rendered["cpu"], "HorizontalPodAutoscaler").values():
+        assert all(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "dev", "existing-kafka"])
@@ -530,6 +552,9 @@ def test_dockerfile_shape(kind):
         # onnxruntime-gpu 1.31 loads libcublasLt.so.13 and cuDNN 9: a CUDA 13 runtime with cuDNN
         assert m.group(1) == "13"
         assert stages["build"] == f"ubuntu:{m.group(2)}"  # same Python in build and runtime
+        # TensorRT 10 libraries on the loader's path, where the TensorRT provider looks for them
+        assert re.search(r"^ARG TENSORRT_VERSION=10\.\d+", text, flags=re.M)
+        assert "LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs" in text
 
 
 # -- dashboard ---------------------------------------------------------------------------------------
