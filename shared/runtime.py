@@ -57,21 +57,25 @@ class RuntimeSession:
     session: ort.InferenceSession
     provider: str  # what the session really runs on, e.g. "CPUExecutionProvider"
     path: Path
-    providers: tuple[str, ...] = ()  # everything the session registered, in priority order
 
     @property
     def on_gpu(self) -> bool:
         return self.provider != "CPUExecutionProvider"
 
     def end_profiling(self) -> Placement:
-        """Stop the profiling `create_session(profile=True)` started and read which provider ran each node."""
-        path = Path(self.session.end_profiling())
+        """Stop the profiling `create_session(profile=True)` started and read which provider ran each node
+        (an empty Placement, logged, where the profile could not be written or read: it is a report, not a
+        condition for serving)."""
+        written = self.session.end_profiling()
         try:
-            events = json.loads(path.read_text())
+            events = json.loads(Path(written).read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("node placement unknown: ONNX Runtime's profile could not be read",
+                        extra={"model": str(self.path), "profile": written, "error": str(exc)})
+            return Placement()
         finally:
-            path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
+            if written:
+                Path(written).unlink(missing_ok=True)
         seen: dict[str, tuple[str, str]] = {}
         for event in events:
             args = event.get("args") or {}
@@ -117,9 +121,9 @@ def owned_cores() -> list[int] | None:
 def _session_options(intra_threads: int, inter_threads: int, spinning: bool = True,
                      profile: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    if profile:  # the first runs only: RuntimeSession.end_profiling stops it
+    if profile:  # the first runs only: RuntimeSession.end_profiling stops it and deletes the file
         options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="nlpsuite-placement-")) / "ort")
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"nlpsuite-placement-{os.getpid()}")
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
     if not spinning:
@@ -215,11 +219,14 @@ def create_session(
             ort.set_default_logger_severity(2)
         actual = session.get_providers()[0]
         if actual != name:
+            if profile:  # ORT opened the profile file with the session; leave nothing behind
+                with contextlib.suppress(Exception):
+                    Path(session.end_profiling()).unlink(missing_ok=True)
             errors.append(f"{name}: session fell back to {actual}; {missing_libraries(choice) or 'no GPU found'}")
             continue
-        log.info("onnxruntime provider selected", extra={"provider": actual, "model": str(path)})
-        return RuntimeSession(session=session, provider=actual, path=path,
-                              providers=tuple(session.get_providers()))
+        log.info("onnxruntime provider selected",
+                 extra={"provider": actual, "behind_it": session.get_providers()[1:], "model": str(path)})
+        return RuntimeSession(session=session, provider=actual, path=path)
     raise RuntimeError(f"no execution provider could open {path}: " + "; ".join(errors))
 
 

@@ -4,7 +4,9 @@ cache rules, and the message when GPU libraries are missing (real, on this GPU-l
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
@@ -154,3 +156,12 @@ def test_a_forced_gpu_provider_names_the_missing_libraries(built_classifier, pro
     message = str(err.value)
     for library in libraries:
         assert library in message, message
+
+
+def test_a_session_that_fell_back_leaves_no_profile_behind(built_classifier, gpu_here):
+    gpu_here("cuda")  # TensorRT is listed by the build but falls back to the CPU, as ORT does
+    leftovers = lambda: set(Path(tempfile.gettempdir()).glob(f"nlpsuite-placement-{os.getpid()}*"))  # noqa: E731
+    before = leftovers()
+    with pytest.raises(RuntimeError, match="TensorrtExecutionProvider: session fell back to CPUExecutionProvider"):
+        runtime.create_session(built_classifier.variant_path("fp32"), "tensorrt", profile=True)
+    assert leftovers() == before

@@ -3,6 +3,7 @@ variant's bound is refused (here on the CPU, with a deliberately damaged fp16 va
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 
@@ -73,12 +74,20 @@ def test_drift_measures():
     assert golden_indices(["a" * n for n in range(100)], 5) == [0, 25, 50, 74, 99]  # spread over the lengths
 
 
-def test_healthy_variants_pass_and_report_their_drift(built_classifier, copy_of):
+def test_healthy_variants_pass_and_report_their_drift_and_placement(built_classifier, copy_of, caplog):
     version_dir = copy_of()
+    caplog.set_level(logging.INFO, logger="nlpsuite.shared.serving")
     for variant in built_classifier.manifest.variants:
         metrics = Metrics("test")
         model = served(version_dir.parent.parent, built_classifier.manifest.name, metrics, variant=variant)
+        caplog.clear()
         load(model)
+        ready = [r for r in caplog.records if r.getMessage() == "model ready"]
+        assert ready and ready[0].self_test["passed"] is True and ready[0].self_test["texts"] > 0
+        assert ready[0].placement == {"nodes": {"CPUExecutionProvider": model.model.placement.nodes(
+            "CPUExecutionProvider")}}
+        ops = model.model.placement.ops["CPUExecutionProvider"]
+        assert ("MatMulIntegerToFloat" in ops) == (variant == "int8"), ops
         result = model.model.self_test
         assert result is not None and result.passed and result.variant == variant, result
         assert result.provider == "CPUExecutionProvider" and result.texts > 0
