@@ -36,6 +36,8 @@ def main() -> int:
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="intent")
     p.add_argument("--knowledge-base", type=Path)
+    p.add_argument("--answer-every-label", action="store_true", help="serve a knowledge base that gives every label "
+                   "of the intent model an answer, beside the example FAQ and documents (written to a temp dir)")
     args = p.parse_args()
 
     rows = list(csv.DictReader(open(args.data, newline="", encoding="utf-8")))
@@ -45,6 +47,20 @@ def main() -> int:
     labels = version.manifest.labels
     own = np.concatenate([softmax(model.predict(texts[i:i + 32])) for i in range(0, len(texts), 32)])
     own_pred = [labels[i] for i in own.argmax(1)]
+
+    if args.answer_every_label:
+        import tempfile
+
+        import yaml
+
+        from nlpsuite.shared.resources import examples_path
+
+        example = examples_path("knowledge_base.yaml")
+        kb = yaml.safe_load(example.read_text())
+        kb["intents"] = {label: {"answer": f"(the answer for {label})"} for label in labels}
+        kb["documents"] = [str(example.parent / pattern) for pattern in kb.get("documents", [])]
+        args.knowledge_base = Path(tempfile.mkdtemp()) / "knowledge_base.yaml"
+        args.knowledge_base.write_text(yaml.safe_dump(kb))
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +90,12 @@ def main() -> int:
         "handoff_rate": round(len(handoffs) / len(texts), 4),
         "handoff_low_confidence": sum(r.handoff_reason == "low_confidence" for r in handoffs),
         "handoff_no_answer": sum(r.handoff_reason == "no_answer" for r in handoffs),
-        "faq_answers": sum(r.source == 2 for r in replies),
-        "intent_threshold": settings.intent_threshold, "handoff_threshold": settings.handoff_threshold,
+        "handoff_out_of_scope": sum(r.handoff_reason == "out_of_scope" for r in handoffs),
+        "handoff_ambiguous": sum(r.handoff_reason == "ambiguous" for r in handoffs),
+        "faq_answers": sum(r.source == 2 for r in replies), "document_answers": sum(r.source == 4 for r in replies),
+        # answered with the gold intent's own answer (not retrieval, not a hand-off)
+        "answered_by_gold_intent": round(float(np.mean([r.source == 1 and r.source_id == g
+                                                         for r, g in zip(replies, gold)])), 4),
     }
     print(json.dumps(summary))
     return 0

@@ -93,6 +93,21 @@ def _cmd_build_defaults(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "chat":
+        from nlpsuite.pipeline.chat_eval import evaluate_chat, print_chat_report
+        from nlpsuite.shared.config import ChatSettings, ModelSettings
+
+        if args.repository is None or args.data is None:
+            raise SystemExit("nlpsuite evaluate: --task chat needs --repository and --data (the cases CSV)")
+        repo, provider = args.repository, args.provider
+        settings = ChatSettings(
+            intent_model=ModelSettings(name="intent", repository=repo, provider=provider, reload_interval_s=0),
+            embedder=ModelSettings(name="embedder", repository=repo, provider=provider, reload_interval_s=0),
+            knowledge_base=args.knowledge_base, routing=args.routing)
+        print_chat_report(evaluate_chat(settings, args.data, args.split or "test", args.calibrate))
+        return 0
+    if args.model is None:
+        raise SystemExit(f"nlpsuite evaluate: --task {args.task} needs --model")
     if args.task == "recommend":
         import json
 
@@ -100,8 +115,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         if args.data_dir is None:
             raise SystemExit("nlpsuite evaluate: --task recommend needs --data-dir")
-        result = evaluate_recommender(args.model, args.data_dir, args.split, args.embedder)
-        print(f"mean user AUC {result['mean_user_auc']:.4f} over {result['n_users']} users ({args.split})")
+        split = args.split or "dev"
+        result = evaluate_recommender(args.model, args.data_dir, split, args.embedder)
+        print(f"mean user AUC {result['mean_user_auc']:.4f} over {result['n_users']} users ({split})")
         print(json.dumps(result))
         return 0
     if args.data is None:
@@ -271,11 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_build_defaults)
 
     p = sub.add_parser("evaluate", help="score a published model on labelled data; last line is JSON")
-    p.add_argument("--task", choices=["classify", "recommend"], default="classify")
-    p.add_argument("--model", type=Path, required=True, help="<repo>/<name> (newest version) or <repo>/<name>/<version>")
-    p.add_argument("--data", type=Path, help="classify: labelled CSV or JSONL")
+    p.add_argument("--task", choices=["classify", "recommend", "chat"], default="classify")
+    p.add_argument("--model", type=Path, help="classify, recommend: <repo>/<name> (newest version) or "
+                   "<repo>/<name>/<version>")
+    p.add_argument("--data", type=Path, help="classify: labelled CSV or JSONL; chat: the cases CSV "
+                   "(id, split, kind, expected, previous, message)")
     p.add_argument("--data-dir", type=Path, help="recommend: dir with movies.csv, ratings_<split>.csv, tags_<split>.csv")
-    p.add_argument("--split", default="dev", help="recommend: which ratings_<split>.csv to score (dev, test)")
+    p.add_argument("--split", help="recommend: which ratings_<split>.csv to score (default dev); chat: which cases "
+                   "(default test; all for every case)")
+    p.add_argument("--repository", type=Path, help="chat: the model repository with intent and embedder")
+    p.add_argument("--knowledge-base", type=Path, help="chat: the knowledge base (default: the shipped example)")
+    p.add_argument("--routing", type=Path, help="chat: routing file (default: <repository>/chat-routing.json)")
+    p.add_argument("--calibrate", action="store_true", help="chat: fit the routing on the dev cases first and "
+                   "save it where the service reads it")
     p.add_argument("--embedder", type=Path, help="recommend: embedder dir (default: the one it was built with)")
     p.add_argument("--variant", choices=["int8", "fp16", "fp32"])
     p.add_argument("--text-col", default="text")

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlpsuite import examples
+from nlpsuite.services.chat.service import ROUTING_FILE
 from nlpsuite.services.monitor.broker import LocalBroker, _set_pdeathsig, free_port
 from nlpsuite.services.monitor.config import KafkaSettings, Topics
 from nlpsuite.services.monitor.producer import replay
@@ -36,8 +37,10 @@ SERVICES = {"sentiment": "nlpsuite.v1.SentimentService", "chat": "nlpsuite.v1.Ch
 # large: the monitor tests' settings (tests/monitor_support.monitor_settings) cover it.
 REPLAY_ENV = {"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S": "7200", "NLPSUITE_MONITOR_ALIGN_S": "600"}
 
+# What each shows: an intent's answer, a document passage, an FAQ entry, an out-of-scope hand-off, a requested one.
 CHAT_MESSAGES = ["I lost my card yesterday", "What time do your branches open on Saturday?",
-                 "I want to talk to a real person"]
+                 "How much cash can I take out of a cash machine in one day?",
+                 "What's the weather like in Lisbon today?", "I want to talk to a real person"]
 HEADLINES = ["Norvale Mining shares jump after record copper output",
              "Regulator fines Quillon Bank over money-laundering failures",
              "Glenmoor Utilities keeps its dividend unchanged",
@@ -113,6 +116,11 @@ def build_missing(repository: Path, t0: float) -> None:
     missing = [name for name in MODELS if not repo.versions(name)]
     if not missing:
         say(t0, f"models: {', '.join(MODELS)} found in {repository}")
+        if not (repository / ROUTING_FILE).is_file():  # a repository built before chat's routing was calibrated
+            from nlpsuite.pipeline.defaults import calibrate_default_chat
+
+            say(t0, "chat: calibrating the routing on examples/chat_cases.csv (dev half)")
+            calibrate_default_chat(repository)
         return
     say(t0, f"models: building {', '.join(missing)} from {EXAMPLES} into {repository} (minutes on 2 cores)")
     from nlpsuite.pipeline.defaults import build_defaults
@@ -209,9 +217,9 @@ def call_chat(target: str) -> None:
         for i, message in enumerate(CHAT_MESSAGES):
             r = client.reply(f"demo-{i}", message)
             source = AnswerSource.Name(r.source).removeprefix("ANSWER_SOURCE_").lower()
-            faq = f" {r.faq_id} (similarity {r.faq_similarity:.2f})" if r.faq_id else ""
+            found = f" {r.source_id} (retrieval {r.retrieval_confidence:.2f})" if source in ("faq", "document") else ""
             handoff = f"yes ({r.handoff_reason})" if r.handoff else "no"
-            print(f"  > {message}\n    intent {r.intent} ({r.confidence:.2f}), source {source}{faq}, "
+            print(f"  > {message}\n    intent {r.intent} ({r.confidence:.2f}), source {source}{found}, "
                   f"handoff {handoff}\n    answer: {r.answer}")
 
 

@@ -20,7 +20,8 @@ from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
 from nlpsuite.pipeline.train import Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch
 from nlpsuite.shared.model_repo import (
-    TOKENIZER, Manifest, ModelRepository, ModelVersion, VariantInfo, mkdirs_readable, write_manifest,
+    TOKENIZER, Manifest, ModelRepository, ModelVersion, VariantInfo, mkdirs_readable, write_label_examples,
+    write_manifest,
 )
 from nlpsuite.shared.runtime import create_session
 from nlpsuite.shared.self_test import GOLDEN, GoldenSet, golden_indices
@@ -236,6 +237,8 @@ def build(config: BuildConfig) -> ModelVersion:
                 "build_seconds": round(time.monotonic() - started, 1),
             },
         )
+        if config.task == "classify":
+            write_label_examples(staging, train.texts, train.labels)
         write_manifest(staging, manifest)
         return repo.publish(staging, config.name)
     finally:

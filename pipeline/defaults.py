@@ -1,13 +1,17 @@
 """The three default models (sentiment, intent, embedder), from the shipped examples or public data sets."""
 from __future__ import annotations
 
+import csv
+import logging
 from importlib import resources
 from pathlib import Path
 
 from nlpsuite.pipeline.build import BuildConfig, build
 from nlpsuite.pipeline.data import DataError
 from nlpsuite.pipeline.train import Hyperparameters
-from nlpsuite.shared.model_repo import ModelVersion
+from nlpsuite.shared.model_repo import ModelRepository, ModelVersion, mkdirs_readable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAMES = ("sentiment", "intent", "embedder")
 
@@ -26,11 +30,17 @@ def default_configs(repository: Path, data_dir: Path | None = None) -> dict[str,
                                      repository=repository, hyperparameters=small),
             # 26 intents from ~20 examples each: the head needs a higher rate and more epochs than sentiment
             # (at 8e-5 it stopped at loss 1.9 with top confidences of 0.04-0.10, so chat handed everything off).
-            "intent": BuildConfig(task="classify", name="intent", data=ex / "intents.csv", label_col="intent",
-                                  repository=repository,
+            # The intents, plus one class for "answered by the knowledge collection" (the FAQ questions and the
+            # documents' section titles): the classifier then says when a message is about the FAQ or a document
+            # rather than confidently picking the nearest intent.
+            "intent": BuildConfig(task="classify", name="intent", data=intent_training_data(repository),
+                                  label_col="intent", repository=repository,
                                   hyperparameters=Hyperparameters(epochs=15, patience=4, learning_rate=2e-4)),
-            "embedder": BuildConfig(task="embed", name="embedder", data=ex / "intents.csv", label_col="intent",
-                                    repository=repository, hyperparameters=Hyperparameters(epochs=2, learning_rate=2e-5)),
+            # Retrieval as well as intents: the knowledge base's FAQ questions with their answers and each document
+            # passage's title and sentences are pairs that belong together (chat searches them with this model).
+            "embedder": BuildConfig(task="embed", name="embedder", data=retrieval_training_data(repository),
+                                    label_col="intent", repository=repository,
+                                    hyperparameters=Hyperparameters(epochs=2, learning_rate=2e-5)),
         }
     phrasebank, banking = data_dir / "financial_phrasebank", data_dir / "banking77"
     for folder in (phrasebank, banking):
@@ -49,11 +59,68 @@ def default_configs(repository: Path, data_dir: Path | None = None) -> dict[str,
     }
 
 
+def retrieval_training_data(repository: Path) -> Path:
+    """examples/intents.csv plus the example knowledge base as labelled groups (one label per FAQ entry or document
+    passage: its question or title, its answer and its sentences), for the contrastive embedder objective. Written
+    under <repository>/.data/ (hidden: never read as a model)."""
+    from nlpsuite.services.chat.knowledge_base import KnowledgeBase
+    from nlpsuite.services.chat.retrieval import units
+
+    kb = KnowledgeBase.load(examples_dir() / "knowledge_base.yaml")
+    with open(examples_dir() / "intents.csv", newline="", encoding="utf-8") as handle:
+        rows = [(r["text"], r["intent"]) for r in csv.DictReader(handle)]
+    for passage in kb.passages:
+        texts = units(passage) + ([passage.answer] if passage.source == "faq" else [])
+        rows += [(text, f"passage:{passage.id}") for text in dict.fromkeys(texts)]
+    return _write_rows(repository / ".data" / "embedder-train.csv", rows)
+
+
+def intent_training_data(repository: Path) -> Path:
+    """examples/intents.csv plus a KNOWLEDGE_LABEL class: the example knowledge base's FAQ questions and document
+    section titles. Written under <repository>/.data/."""
+    from nlpsuite.services.chat.knowledge_base import KnowledgeBase
+    from nlpsuite.services.chat.routing import KNOWLEDGE_LABEL
+
+    kb = KnowledgeBase.load(examples_dir() / "knowledge_base.yaml")
+    with open(examples_dir() / "intents.csv", newline="", encoding="utf-8") as handle:
+        rows = [(r["text"], r["intent"]) for r in csv.DictReader(handle)]
+    rows += [(p.title, KNOWLEDGE_LABEL) for p in kb.passages if p.title and not p.handoff]
+    return _write_rows(repository / ".data" / "intent-train.csv", rows)
+
+
+def _write_rows(out: Path, rows: list[tuple[str, str]]) -> Path:
+    mkdirs_readable(out.parent.parent)  # the repository: created here first, it must still be readable by all
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "intent"])
+        writer.writerows(rows)
+    return out
+
+
 def build_defaults(repository: Path, data_dir: Path | None = None, only: list[str] | None = None,
                    progress: bool = True) -> list[ModelVersion]:
+    """Build the default models; on the example data, a new intent model or embedder also recalibrates chat."""
     configs = default_configs(repository, data_dir)
     built = []
     for name in only or DEFAULT_NAMES:
         config = configs[name].model_copy(update={"progress": progress})
         built.append(build(config))
+    chat_models = {v.manifest.name for v in built} & {"intent", "embedder"}
+    if data_dir is None and chat_models and all(ModelRepository(repository).versions(n) for n in ("intent", "embedder")):
+        calibrate_default_chat(repository)
     return built
+
+
+def calibrate_default_chat(repository: Path) -> dict:
+    """Fit chat's routing on the dev half of examples/chat_cases.csv (for the example knowledge base) and save it
+    in the repository; returns the test half's figures."""
+    from nlpsuite.pipeline.chat_eval import evaluate_chat
+    from nlpsuite.shared.config import ChatSettings, ModelSettings
+
+    settings = ChatSettings(intent_model=ModelSettings(name="intent", repository=repository, reload_interval_s=0),
+                            embedder=ModelSettings(name="embedder", repository=repository, reload_interval_s=0))
+    result = evaluate_chat(settings, examples_dir() / "chat_cases.csv", split="test", calibrate=True)
+    log.info("chat routing calibrated on examples/chat_cases.csv (dev)",
+             extra={"test_accuracy": result["accuracy"], "per_kind": result["per_kind"]})
+    return result

@@ -5,7 +5,8 @@ text and adds the texts closest to it in length (less padding) while the batch s
 texts and `max_batch_tokens` padded tokens. If the batch is not full, it waits up to `max_delay` (counted
 from the oldest text's arrival) for company. Texts whose deadline has passed, or whose caller went away, are
 dropped before they cost compute. The model runs on a worker thread, so the event loop stays free; a batch that
-starts while no other runs is told so (`alone`), and may use more threads. Given `pin_cores`, worker thread i
+starts while no other batch in the process runs, of this model or another (chat runs two models per message, `serve
+all` three services), is told so (`alone`), and may use more threads. Given `pin_cores`, worker thread i
 stays on core i: with two one-thread workers on two cores that gave about 4 % more texts per second than letting them
 migrate around the event loop's thread.
 """
@@ -27,6 +28,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[list[int]], bool], np.ndarray]  # (token ids, alone: no other batch is running)
+
+
+class _Running:
+    """Batches running in this process, over every batcher: two models' batches at once must not both take every
+    core (their solo sessions would oversubscribe them). Changed only from event-loop code."""
+
+    batches = 0
+    batchers = 0  # batchers started: where the next one starts pinning its threads
 RATE_SMOOTHING = 0.2  # weight of the newest batch in the texts-per-second estimate
 RATE_MIN_BATCHES = 8  # batches seen before the estimate is trusted for shedding
 
@@ -117,13 +126,17 @@ class DynamicBatcher:
             return
         self._closed = False
         self._wakeup = asyncio.Event()
+        # Each batcher starts pinning at the next core: at light load only a batcher's first thread works, and two
+        # models' first threads (chat: intent and embedder, run together) must not share one core.
+        first = _Running.batchers
+        _Running.batchers += 1
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"infer-{self.name}",
-                                            initializer=self._pin_thread, initargs=(itertools.count(),))
+                                            initializer=self._pin_thread, initargs=(itertools.count(first),))
         self._tasks = [asyncio.create_task(self._worker(i), name=f"batcher-{self.name}-{i}")
                        for i in range(self.workers)]
 
     def _pin_thread(self, order: itertools.count) -> None:
-        """Worker thread i runs on core i (mod the cores): fewer migrations beside the event loop's thread."""
+        """Worker thread i runs on core (first + i) mod the cores: fewer migrations beside the event loop's thread."""
         if self.pin_cores:
             os.sched_setaffinity(0, {self.pin_cores[next(order) % len(self.pin_cores)]})
 
@@ -301,8 +314,9 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
         self.batches += 1
-        alone = self._running == 0
+        alone = _Running.batches == 0
         self._running += 1
+        _Running.batches += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch], alone)
         except asyncio.CancelledError:  # stop() while this batch ran: its callers must not wait forever
@@ -318,6 +332,7 @@ class DynamicBatcher:
             return
         finally:
             self._running -= 1
+            _Running.batches -= 1
         finished = time.monotonic()
         rate = len(batch) / max(finished - started, 1e-6)
         self._rate = rate if self._rated_batches == 0 else (1 - RATE_SMOOTHING) * self._rate + RATE_SMOOTHING * rate

@@ -253,9 +253,9 @@ class ChatSettings(ServiceSettings):
     intent_model: ModelSettings = Field(default_factory=lambda: ModelSettings(name="intent"))
     embedder: ModelSettings = Field(default_factory=lambda: ModelSettings(name="embedder"))
     knowledge_base: Path | None = None  # None: the shipped examples/knowledge_base.yaml
-    intent_threshold: float = Field(0.5, ge=0, le=1, description="below: try the FAQ")
-    faq_threshold: float = Field(0.6, ge=-1, le=1, description="FAQ similarity needed to answer from it")
-    handoff_threshold: float = Field(0.2, ge=0, le=1, description="below (and no FAQ match): hand off")
+    routing: Path | None = Field(None, description="calibrated routing (`nlpsuite evaluate --task chat --calibrate`); "
+                                 "None: chat-routing.json in the intent model's repository, else uncalibrated "
+                                 "defaults")
     handoff_intents: list[str] = Field(default_factory=lambda: ["speak_to_human"])
     context_turns: int = Field(5, ge=1)
     context_ttl_s: float = Field(1800.0, gt=0)

@@ -7,6 +7,7 @@ Layout of one version (written by `nlpsuite build`, read by every service):
     model.fp32.onnx      fused reference
     model.int8.onnx      batch-invariant int8, for CPUs
     model.fp16.onnx      for GPUs
+    examples.json        classifiers: up to 20 training texts per label (chat compares messages with them)
     golden.json          a few dev texts with the fp32 outputs and a drift bound per variant: the load-time
                          self-test (shared/self_test.py) runs them on the provider each load gets
     checkpoint/          optional (`nlpsuite build --save-checkpoint`): the fine-tuned Hugging Face checkpoint,
@@ -226,6 +227,35 @@ def choose_variant(manifest: Manifest, provider: str, override: str | None = Non
         if variant in manifest.variants:
             return variant
     raise ModelRepoError(f"model {manifest.name} has no variants")
+
+
+LABEL_EXAMPLES = "examples.json"
+EXAMPLES_PER_LABEL = 20
+
+
+def write_label_examples(directory: Path, texts: list[str], labels: list[str]) -> None:
+    """A classifier's first training texts per label (at most EXAMPLES_PER_LABEL): what each label means, for
+    consumers that compare a message with them (chat weighs intents against retrieved passages this way)."""
+    examples: dict[str, list[str]] = {}
+    for text, label in zip(texts, labels):
+        if len(examples.setdefault(label, [])) < EXAMPLES_PER_LABEL:
+            examples[label].append(text)
+    (directory / LABEL_EXAMPLES).write_text(json.dumps(examples, ensure_ascii=False, indent=1))
+
+
+def read_label_examples(version: ModelVersion) -> dict[str, list[str]]:
+    """The version's training examples per label ({} when it was built without them)."""
+    path = version.path / LABEL_EXAMPLES
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelRepoError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
+                                            for v in raw.values()):
+        raise ModelRepoError(f"{path}: expected {{label: [texts]}}")
+    return raw
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

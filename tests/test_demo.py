@@ -19,6 +19,7 @@ import pytest
 
 from nlpsuite.demo import (CHAT_MESSAGES, EXAMPLES, HEADLINES, MODELS, Children, keep_running_help,
                            reader_example, serve_env)
+from nlpsuite.services.chat.routing import KNOWLEDGE_LABEL
 
 
 def processes_with(marker: str) -> list[int]:
@@ -111,12 +112,16 @@ def test_demo_end_to_end(repository, tmp_path):
     assert window and "11:00" <= window[1] <= "11:55" and int(window[2]) >= 5
     assert out.count("negative 0.") + out.count("negative 1.") >= 3
 
-    # chat: each message with an intent from the example intents, a source and an answer
-    intents = {row["intent"] for row in csv.DictReader(open(EXAMPLES / "intents.csv"))}
-    replies = re.findall(r"> (.+)\n    intent (\S+) \((\d\.\d\d)\), source (intent|faq|handoff).*handoff (yes|no).*\n"
-                         r"    answer: (.+)", out)
+    # chat: each message answered from where it should be: an intent, a document, the FAQ, or a hand-off
+    intents = {row["intent"] for row in csv.DictReader(open(EXAMPLES / "intents.csv"))} | {KNOWLEDGE_LABEL}
+    replies = re.findall(r"> (.+)\n    intent (\S+) \((\d\.\d\d)\), source (intent|faq|document|handoff)"
+                         r"( \S+ \(retrieval \d\.\d\d\))?, handoff (yes \(\w+\)|no)\n    answer: (.+)", out)
     assert [r[0] for r in replies] == CHAT_MESSAGES
-    assert all(r[1] in intents and r[5].strip() for r in replies)
+    assert all(r[1] in intents and r[6].strip() for r in replies)
+    got = [(r[3], r[4].split(" (")[0].strip(), r[5]) for r in replies]
+    assert got == [("intent", "", "no"), ("document", "branches#saturday-opening", "no"), ("faq", "faq-002", "no"),
+                   ("handoff", "", "yes (out_of_scope)"), ("handoff", "", "yes (customer_asked)")], got
+    assert replies[0][1] == "card_lost"
 
     # sentiment: every headline labelled; watchlist entities found
     labels = re.findall(r"^  (negative|neutral|positive) +(\d\.\d\d)  (.+)$", out, re.M)

@@ -316,12 +316,13 @@ def test_conversation_context_memory_is_bounded_not_only_counted(built_intent, b
 
 
 def test_a_knowledge_base_larger_than_the_queue_still_loads(built_intent, built_embedder):
-    """The FAQ is embedded in chunks of half the queue: with a queue of 2 texts the shipped FAQ (more entries
-    than that) loads, and a follow-up Reply (two texts) is answered."""
+    """The knowledge collection is embedded in chunks of half the queue: with a queue of 2 texts the shipped FAQ and
+    documents (many more units than that) load, and a follow-up Reply (two texts) is answered."""
     from nlpsuite.shared.config import BatchSettings
 
     settings = ChatSettings(host="127.0.0.1", port=0, intent_model=_model(built_intent),
                             embedder=_model(built_embedder), max_items=2, batch=BatchSettings(queue_capacity=2))
     with ServerThread(ChatService(settings)).start() as srv, ChatClient(srv.target) as c:
-        assert len(srv.service.kb.faq) > 2 and srv.service.faq_vectors.shape[0] == len(srv.service.kb.faq)
+        index = srv.service.index
+        assert len(srv.service.kb.passages) > 2 and index.vectors.shape[0] == len(index.owners) > len(index.passages)
         assert [c.reply("q", "where is my card").turn, c.reply("q", "it has not arrived").turn] == [1, 2]

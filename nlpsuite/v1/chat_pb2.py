@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from nlpsuite.v1 import common_pb2 as nlpsuite_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nlpsuite/v1/chat.proto\x12\x0bnlpsuite.v1\x1a\x18nlpsuite/v1/common.proto\"8\n\x0cReplyRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x02\n\rReplyResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12)\n\x06source\x18\x04 \x01(\x0e\x32\x19.nlpsuite.v1.AnswerSource\x12\x0e\n\x06\x66\x61q_id\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x61q_similarity\x18\x06 \x01(\x02\x12\x0f\n\x07handoff\x18\x07 \x01(\x08\x12\x16\n\x0ehandoff_reason\x18\x08 \x01(\t\x12\x0c\n\x04turn\x18\t \x01(\r\x12\x11\n\ttruncated\x18\n \x01(\x08\x12%\n\x05model\x18\x0b \x01(\x0b\x32\x16.nlpsuite.v1.ModelInfo\x12#\n\x06timing\x18\x0c \x01(\x0b\x32\x13.nlpsuite.v1.Timing\"&\n\x15\x43lassifyIntentRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"o\n\x10IntentPrediction\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12$\n\x03top\x18\x03 \x03(\x0b\x32\x17.nlpsuite.v1.LabelScore\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\x98\x01\n\x16\x43lassifyIntentResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.nlpsuite.v1.IntentPrediction\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.nlpsuite.v1.ModelInfo\x12#\n\x06timing\x18\x03 \x01(\x0b\x32\x13.nlpsuite.v1.Timing*y\n\x0c\x41nswerSource\x12\x1d\n\x19\x41NSWER_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41NSWER_SOURCE_INTENT\x10\x01\x12\x15\n\x11\x41NSWER_SOURCE_FAQ\x10\x02\x12\x19\n\x15\x41NSWER_SOURCE_HANDOFF\x10\x03\x32\xa8\x01\n\x0b\x43hatService\x12>\n\x05Reply\x12\x19.nlpsuite.v1.ReplyRequest\x1a\x1a.nlpsuite.v1.ReplyResponse\x12Y\n\x0e\x43lassifyIntent\x12\".nlpsuite.v1.ClassifyIntentRequest\x1a#.nlpsuite.v1.ClassifyIntentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nlpsuite/v1/chat.proto\x12\x0bnlpsuite.v1\x1a\x18nlpsuite/v1/common.proto\"8\n\x0cReplyRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdd\x02\n\rReplyResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12)\n\x06source\x18\x04 \x01(\x0e\x32\x19.nlpsuite.v1.AnswerSource\x12\x0e\n\x06\x66\x61q_id\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x61q_similarity\x18\x06 \x01(\x02\x12\x0f\n\x07handoff\x18\x07 \x01(\x08\x12\x16\n\x0ehandoff_reason\x18\x08 \x01(\t\x12\x0c\n\x04turn\x18\t \x01(\r\x12\x11\n\ttruncated\x18\n \x01(\x08\x12%\n\x05model\x18\x0b \x01(\x0b\x32\x16.nlpsuite.v1.ModelInfo\x12#\n\x06timing\x18\x0c \x01(\x0b\x32\x13.nlpsuite.v1.Timing\x12\x11\n\tsource_id\x18\r \x01(\t\x12\x1c\n\x14retrieval_confidence\x18\x0e \x01(\x02\"&\n\x15\x43lassifyIntentRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"o\n\x10IntentPrediction\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12$\n\x03top\x18\x03 \x03(\x0b\x32\x17.nlpsuite.v1.LabelScore\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\x98\x01\n\x16\x43lassifyIntentResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.nlpsuite.v1.IntentPrediction\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.nlpsuite.v1.ModelInfo\x12#\n\x06timing\x18\x03 \x01(\x0b\x32\x13.nlpsuite.v1.Timing*\x95\x01\n\x0c\x41nswerSource\x12\x1d\n\x19\x41NSWER_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41NSWER_SOURCE_INTENT\x10\x01\x12\x15\n\x11\x41NSWER_SOURCE_FAQ\x10\x02\x12\x19\n\x15\x41NSWER_SOURCE_HANDOFF\x10\x03\x12\x1a\n\x16\x41NSWER_SOURCE_DOCUMENT\x10\x04\x32\xa8\x01\n\x0b\x43hatService\x12>\n\x05Reply\x12\x19.nlpsuite.v1.ReplyRequest\x1a\x1a.nlpsuite.v1.ReplyResponse\x12Y\n\x0e\x43lassifyIntent\x12\".nlpsuite.v1.ClassifyIntentRequest\x1a#.nlpsuite.v1.ClassifyIntentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nlpsuite.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANSWERSOURCE']._serialized_start=734
-  _globals['_ANSWERSOURCE']._serialized_end=855
+  _globals['_ANSWERSOURCE']._serialized_start=784
+  _globals['_ANSWERSOURCE']._serialized_end=933
   _globals['_REPLYREQUEST']._serialized_start=65
   _globals['_REPLYREQUEST']._serialized_end=121
   _globals['_REPLYRESPONSE']._serialized_start=124
-  _globals['_REPLYRESPONSE']._serialized_end=424
-  _globals['_CLASSIFYINTENTREQUEST']._serialized_start=426
-  _globals['_CLASSIFYINTENTREQUEST']._serialized_end=464
-  _globals['_INTENTPREDICTION']._serialized_start=466
-  _globals['_INTENTPREDICTION']._serialized_end=577
-  _globals['_CLASSIFYINTENTRESPONSE']._serialized_start=580
-  _globals['_CLASSIFYINTENTRESPONSE']._serialized_end=732
-  _globals['_CHATSERVICE']._serialized_start=858
-  _globals['_CHATSERVICE']._serialized_end=1026
+  _globals['_REPLYRESPONSE']._serialized_end=473
+  _globals['_CLASSIFYINTENTREQUEST']._serialized_start=475
+  _globals['_CLASSIFYINTENTREQUEST']._serialized_end=513
+  _globals['_INTENTPREDICTION']._serialized_start=515
+  _globals['_INTENTPREDICTION']._serialized_end=626
+  _globals['_CLASSIFYINTENTRESPONSE']._serialized_start=629
+  _globals['_CLASSIFYINTENTRESPONSE']._serialized_end=781
+  _globals['_CHATSERVICE']._serialized_start=936
+  _globals['_CHATSERVICE']._serialized_end=1104
 # @@protoc_insertion_point(module_scope)

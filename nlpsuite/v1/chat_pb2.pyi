@@ -14,10 +14,12 @@ class AnswerSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANSWER_SOURCE_INTENT: _ClassVar[AnswerSource]
     ANSWER_SOURCE_FAQ: _ClassVar[AnswerSource]
     ANSWER_SOURCE_HANDOFF: _ClassVar[AnswerSource]
+    ANSWER_SOURCE_DOCUMENT: _ClassVar[AnswerSource]
 ANSWER_SOURCE_UNSPECIFIED: AnswerSource
 ANSWER_SOURCE_INTENT: AnswerSource
 ANSWER_SOURCE_FAQ: AnswerSource
 ANSWER_SOURCE_HANDOFF: AnswerSource
+ANSWER_SOURCE_DOCUMENT: AnswerSource
 
 class ReplyRequest(_message.Message):
     __slots__ = ("conversation_id", "message")
@@ -28,7 +30,7 @@ class ReplyRequest(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ReplyResponse(_message.Message):
-    __slots__ = ("intent", "confidence", "answer", "source", "faq_id", "faq_similarity", "handoff", "handoff_reason", "turn", "truncated", "model", "timing")
+    __slots__ = ("intent", "confidence", "answer", "source", "faq_id", "faq_similarity", "handoff", "handoff_reason", "turn", "truncated", "model", "timing", "source_id", "retrieval_confidence")
     INTENT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +43,8 @@ class ReplyResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     intent: str
     confidence: float
     answer: str
@@ -53,7 +57,9 @@ class ReplyResponse(_message.Message):
     truncated: bool
     model: _common_pb2.ModelInfo
     timing: _common_pb2.Timing
-    def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., answer: _Optional[str] = ..., source: _Optional[_Union[AnswerSource, str]] = ..., faq_id: _Optional[str] = ..., faq_similarity: _Optional[float] = ..., handoff: _Optional[bool] = ..., handoff_reason: _Optional[str] = ..., turn: _Optional[int] = ..., truncated: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
+    source_id: str
+    retrieval_confidence: float
+    def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., answer: _Optional[str] = ..., source: _Optional[_Union[AnswerSource, str]] = ..., faq_id: _Optional[str] = ..., faq_similarity: _Optional[float] = ..., handoff: _Optional[bool] = ..., handoff_reason: _Optional[str] = ..., turn: _Optional[int] = ..., truncated: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., source_id: _Optional[str] = ..., retrieval_confidence: _Optional[float] = ...) -> None: ...
 
 class ClassifyIntentRequest(_message.Message):
     __slots__ = ("texts",)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ChatServiceStub:
-    """Customer-service chat: intent, answer, and hand-off to a human.
+    """Customer-service chat: intent, answers from the knowledge base (intents, FAQ, documents), hand-off to a human.
     """
 
     def __init__(self, channel):
@@ -48,7 +48,7 @@ class ChatServiceStub:
 
 
 class ChatServiceServicer:
-    """Customer-service chat: intent, answer, and hand-off to a human.
+    """Customer-service chat: intent, answers from the knowledge base (intents, FAQ, documents), hand-off to a human.
     """
 
     def Reply(self, request, context):
@@ -85,7 +85,7 @@ def add_ChatServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ChatService:
-    """Customer-service chat: intent, answer, and hand-off to a human.
+    """Customer-service chat: intent, answers from the knowledge base (intents, FAQ, documents), hand-off to a human.
     """
 
     @staticmethod

@@ -1,0 +1,164 @@
+"""Chat routing, retrieval and calibration as pure logic, then `nlpsuite evaluate --task chat --calibrate` end to end
+with the tiny models (the figures mean nothing for tiny models; the flow, the file and the report must be right)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nlpsuite.services.chat.knowledge_base import Passage
+from nlpsuite.services.chat.retrieval import BM25, Hit, RetrievalIndex, words
+from nlpsuite.services.chat.routing import (
+    Decision, LabelledTurn, Observed, Routing, Scores, calibrate, decide, decide_turn, fit_platt, fit_temperature,
+)
+from nlpsuite.shared.resources import examples_path
+
+FAQ = Passage("faq-1", "faq", "What are your opening hours?", "9 to 5.")
+DOC = Passage("doc#cheques", "document", "Cheques", "Pay in a cheque with the app. Photograph both sides.")
+
+
+def hit(score: float, passage: Passage = FAQ, cosine: float | None = None) -> Hit:
+    return Hit(passage, score, score if cosine is None else cosine, 0.0)
+
+
+def probs(best: float, n: int = 4) -> np.ndarray:
+    rest = (1 - best) / (n - 1)
+    return np.array([best] + [rest] * (n - 1))
+
+
+def test_words_drop_stop_words_and_plural_endings():
+    assert words("How do I pay in cheques at the branches?") == ["pay", "cheque", "branche"]
+    assert words("Opening hours") == ["open", "hour"]
+
+
+def test_bm25_prefers_the_document_with_the_rare_word_and_is_normalised():
+    bm25 = BM25([words(FAQ.search_text), words(DOC.search_text), words("fees for cheques and cards")])
+    scores = bm25.normalized(words("photograph a cheque"))
+    assert scores.argmax() == 1 and 0 < scores.max() <= 1
+    assert bm25.normalized(words("zebra")).tolist() == [0, 0, 0]
+
+
+def test_index_scores_a_passage_by_its_best_unit():
+    texts, owners = RetrievalIndex.unit_texts([FAQ, DOC])
+    assert texts == ["What are your opening hours?", "Cheques", "Pay in a cheque with the app.",
+                     "Photograph both sides.", DOC.search_text] and owners == [0, 1, 1, 1, 1]
+    vectors = np.eye(5, dtype=np.float32)  # each unit its own direction
+    index = RetrievalIndex([FAQ, DOC], vectors, owners)
+    top = index.search("anything", vectors[3], lexical_weight=0.0)
+    assert top[0].passage is DOC and top[0].cosine == pytest.approx(1.0) and top[1].cosine == 0
+
+
+def test_decide_each_way():
+    sure = Routing(temperature=1.0, retrieval_scale=10, retrieval_bias=-5, min_confidence=0.5, margin=0.1,
+                   out_of_scope_below=0.3)
+    assert decide(Scores(probs(0.9), [hit(0.2)]), sure).route == "intent"
+    assert decide(Scores(probs(0.6), [hit(0.9)]), sure).route == "retrieval"  # q 0.98 beats p 0.6 by > 0.1
+    low = decide(Scores(probs(0.3), [hit(0.4)]), sure)
+    assert (low.route, low.reason) == ("handoff", "low_confidence")
+    assert decide(Scores(probs(0.3), [hit(0.1)]), sure).reason == "out_of_scope"
+    close = sure.model_copy(update={"ambiguity": 0.1, "margin": 0.0})
+    assert decide(Scores(probs(0.92), [hit(0.74)]), close).reason == "ambiguous"  # q 0.90 vs p 0.92
+    assert decide(Scores(probs(0.9), []), sure).route == "intent"
+
+
+def test_the_nearest_intent_example_weighs_against_the_best_passage():
+    routing = Routing(min_confidence=0.0, margin=0.0, knn_weight=2.0, retrieval_scale=10, retrieval_bias=-5)
+    # q 0.73 against p 0.9: on probabilities alone the intent wins
+    assert decide(Scores(probs(0.9), [hit(0.6)]), routing).route == "intent"
+    # but the message is much nearer the passage (0.6) than any intent example (0.2) ...
+    assert decide(Scores(probs(0.9), [hit(0.6)], intent_similarity=0.2), routing).route == "retrieval"
+    # ... or nearer an intent example (0.9) than the passage
+    assert decide(Scores(probs(0.9), [hit(0.6)], intent_similarity=0.9), routing).route == "intent"
+
+
+def test_the_knowledge_label_leaves_the_answer_to_retrieval():
+    labels = ["card_lost", "knowledge"]
+    routing = Routing(min_confidence=0.5, retrieval_scale=10, retrieval_bias=-5)
+    deferring = np.array([0.05, 0.95])
+    assert decide(Scores(deferring, [hit(0.8)]), routing, labels).route == "retrieval"  # q 0.95
+    assert decide(Scores(deferring, [hit(0.3)]), routing, labels).route == "handoff"  # q 0.12: nothing to answer with
+    assert decide(Scores(deferring[::-1].copy(), [hit(0.3)]), routing, labels).route == "intent"
+
+
+def test_a_follow_up_is_read_with_the_previous_message_only_when_alone_it_is_a_hand_off():
+    routing = Routing(min_confidence=0.5)
+    unclear, clear = Scores(probs(0.2), []), Scores(probs(0.9), [])
+    assert decide_turn(unclear, clear, routing).intent_confidence == pytest.approx(0.9)
+    assert decide_turn(clear, unclear, routing).intent_confidence == pytest.approx(0.9)
+    assert decide_turn(unclear, None, routing).route == "handoff"
+
+
+def test_temperature_and_platt_are_fitted_from_data():
+    rng = np.random.default_rng(0)
+    # an over-confident model: right only 60% of the time at 0.99 confidence -> T > 1 softens it
+    turns = []
+    for i in range(50):
+        gold = i % 4
+        predicted = gold if i % 5 < 3 else (gold + 1) % 4
+        p = np.full(4, 0.01 / 3)
+        p[predicted] = 0.99
+        turns.append(LabelledTurn("intent", f"l{gold}", Observed("m", p, np.zeros(2)), None))
+    assert fit_temperature(turns, ["l0", "l1", "l2", "l3"]) > 1.5
+    x = rng.uniform(0, 1, 2000)
+    y = rng.uniform(0, 1, 2000) < 1 / (1 + np.exp(-(8 * x - 4)))
+    a, b = fit_platt(x, y)
+    assert a == pytest.approx(8, rel=0.2) and b == pytest.approx(-4, rel=0.2)
+
+
+def test_calibrate_finds_thresholds_that_separate_the_kinds():
+    labels = ["a", "b"]
+    index = RetrievalIndex([FAQ], np.array([[1.0, 0.0]], np.float32), [0])
+    turns = []
+    for k in range(10):  # intents: sure intent, far from the FAQ; FAQ: unsure intent, near it; chit-chat: neither
+        turns.append(LabelledTurn("intent", "a", Observed("x", np.array([0.9 + k / 200, 0.1 - k / 200]),
+                                                          np.array([0.2, 0.98])), None))
+        turns.append(LabelledTurn("faq", "faq-1", Observed("y", np.array([0.6, 0.4]), np.array([0.97, 0.24])), None))
+        turns.append(LabelledTurn("handoff", "out_of_scope", Observed("z", np.array([0.55, 0.45]),
+                                                                      np.array([0.1, -0.99])), None))
+
+    def judge(turn: LabelledTurn, decision: Decision) -> bool:
+        if turn.kind == "handoff":
+            return decision.route == "handoff"
+        if turn.kind == "faq":
+            return decision.route == "retrieval"
+        return decision.route == "intent" and labels[decision.intent] == turn.expected
+
+    routing, figures = calibrate(turns, labels, judge, lambda text, v, w: index.search(text, v, w))
+    assert figures == {"balanced_accuracy": 1.0, "accuracy": 1.0, "turns": 30}
+    assert all(judge(t, decide_turn(Scores(t.message.probs, index.search("", t.message.vector, 0.3)), None, routing))
+               for t in turns)
+    assert routing.out_of_scope_below > 0.1  # the chit-chat's similarity is below it: called out_of_scope
+
+
+@pytest.mark.slow
+def test_evaluate_chat_calibrates_saves_and_reports(built_intent, built_embedder, tmp_path):
+    repo = tmp_path / "repo"
+    for version in (built_intent, built_embedder):
+        target = repo / ("intent" if version is built_intent else "embedder") / "1"
+        import shutil
+        shutil.copytree(version.path, target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["name"] = target.parent.name
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    cases = examples_path("chat_cases.csv")
+    proc = subprocess.run([sys.executable, "-m", "nlpsuite.cli", "evaluate", "--task", "chat", "--repository",
+                           str(repo), "--data", str(cases), "--calibrate"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["n"] == sum(1 for line in cases.read_text().splitlines()
+                                                              if ",test," in line)
+    assert set(result["per_kind"]) == {"intent", "faq", "document", "handoff"}
+    saved = Routing.load(repo / "chat-routing.json")
+    assert saved.calibration["split"] == "dev" and saved.calibration["models"] == {"intent": "1", "embedder": "1"}
+    assert result["routing"]["temperature"] == saved.temperature
+    assert "overall" in proc.stdout and "document" in proc.stdout
+    # a case naming an FAQ id the knowledge base lacks is a clear error
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,split,kind,expected,previous,message\nx1,test,faq,faq-999,,hello\n")
+    proc = subprocess.run([sys.executable, "-m", "nlpsuite.cli", "evaluate", "--task", "chat", "--repository",
+                           str(repo), "--data", str(bad)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "case x1 expects faq 'faq-999', which the knowledge base does not have" in (
+        proc.stderr + proc.stdout)
