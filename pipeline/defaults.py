@@ -107,7 +107,8 @@ def build_defaults(repository: Path, data_dir: Path | None = None, only: list[st
         config = configs[name].model_copy(update={"progress": progress})
         built.append(build(config))
     chat_models = {v.manifest.name for v in built} & {"intent", "embedder"}
-    if data_dir is None and chat_models and all(ModelRepository(repository).versions(n) for n in ("intent", "embedder")):
+    repo = ModelRepository(repository)
+    if data_dir is None and chat_models and all(repo.versions(n) for n in ("intent", "embedder")):
         calibrate_default_chat(repository)
     return built
 

@@ -68,3 +68,14 @@ def reflected_services(target: str) -> set[str]:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def load_and_close(model) -> None:
+    """Load a ServedModel (open, warm up, self-test) and close it again, on a fresh event loop."""
+    async def go() -> None:
+        try:
+            await model.load()
+        finally:
+            await model.close()
+
+    asyncio.run(go())

@@ -3,7 +3,6 @@
 cache rules, and the message when GPU libraries are missing (real, on this GPU-less machine)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from nlpsuite.shared.config import BatchSettings, ModelSettings
 from nlpsuite.shared.model_repo import ModelRepoError
 from nlpsuite.shared.providers import ShapeProfile
 from nlpsuite.shared.serving import ServedModel
+from tests.servers import load_and_close
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -63,22 +63,12 @@ def served(version, batch: BatchSettings, **model) -> ServedModel:
     return ServedModel(settings, batch, max_tokens=128, reject_overlong=False, task="classify")
 
 
-def load(model: ServedModel) -> None:
-    async def go() -> None:
-        try:
-            await model.load()
-        finally:
-            await model.close()
-
-    asyncio.run(go())
-
-
 def test_tensorrt_session_has_cuda_behind_it_fp16_a_cache_and_the_batchers_shapes(built_classifier, gpu_here,
                                                                                    tmp_path):
     calls = gpu_here("tensorrt", "cuda")
     model = served(built_classifier, BatchSettings(), provider="auto", engine_cache_dir=tmp_path / "engines",
                    device_id=1)
-    load(model)
+    load_and_close(model)
     assert model.model.provider == TRT and model.model.variant == "fp16"
     providers = calls[-1]
     assert [name for name, _ in providers] == [TRT, CUDA, CPU]
@@ -100,7 +90,7 @@ def test_tensorrt_session_has_cuda_behind_it_fp16_a_cache_and_the_batchers_shape
 
 def test_shape_profile_follows_configured_batch_limits(built_classifier, gpu_here, tmp_path):
     calls = gpu_here("tensorrt", "cuda")
-    load(served(built_classifier, BatchSettings(max_batch_size=8, max_batch_tokens=256), provider="tensorrt",
+    load_and_close(served(built_classifier, BatchSettings(max_batch_size=8, max_batch_tokens=256), provider="tensorrt",
                 engine_cache_dir=tmp_path / "engines"))
     options = calls[-1][0][1]
     assert options["trt_profile_opt_shapes"] == "input_ids:8x32,attention_mask:8x32"
@@ -113,13 +103,13 @@ def test_auto_takes_cuda_when_tensorrt_cannot_load_and_the_cpu_when_neither_can(
     calls = gpu_here("cuda")
     assert runtime.expected_provider("auto") == CUDA
     model = served(built_classifier, BatchSettings(), provider="auto", engine_cache_dir=tmp_path / "engines")
-    load(model)
+    load_and_close(model)
     assert model.model.provider == CUDA and [name for name, _ in calls[-1]] == [CUDA, CPU]
     assert not (tmp_path / "engines").exists()  # only TensorRT writes a cache
     calls = gpu_here()
     assert runtime.expected_provider("auto") == CPU
     model = served(built_classifier, BatchSettings(), provider="auto")
-    load(model)
+    load_and_close(model)
     assert model.model.provider == CPU and calls[-1] == [(CPU, {})]
 
 
@@ -129,13 +119,13 @@ def test_engine_cache_must_be_writable_and_outside_the_model(built_classifier, g
     blocker.write_text("")
     with pytest.raises(ModelRepoError, match=r"TensorRT engine cache .*a-file.* is not writable by uid \d+ .*"
                                              r"set model.engine_cache_dir"):
-        load(served(built_classifier, BatchSettings(), provider="tensorrt", engine_cache_dir=blocker))
+        load_and_close(served(built_classifier, BatchSettings(), provider="tensorrt", engine_cache_dir=blocker))
     repo = tmp_path / "repo"
     shutil.copytree(built_classifier.path, repo / built_classifier.manifest.name / "1")
     version = type(built_classifier)(path=repo / built_classifier.manifest.name / "1",
                                      manifest=built_classifier.manifest)
     with pytest.raises(ModelRepoError, match="is inside the model version"):
-        load(served(version, BatchSettings(), provider="tensorrt", engine_cache_dir=version.path / "engines"))
+        load_and_close(served(version, BatchSettings(), provider="tensorrt", engine_cache_dir=version.path / "engines"))
 
 
 def test_default_engine_cache_follows_xdg(monkeypatch, tmp_path):

@@ -17,22 +17,13 @@ from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
 from nlpsuite.shared.self_test import FLOOR, GOLDEN, drift, golden_indices, read_golden
 from nlpsuite.shared.serving import ServedModel, Timing
+from tests.servers import load_and_close
 
 
 def served(repo: Path, name: str, metrics: Metrics | None = None, **model) -> ServedModel:
     settings = ModelSettings(name=name, repository=repo, provider="cpu", reload_interval_s=0, **model)
     return ServedModel(settings, BatchSettings(), max_tokens=128, reject_overlong=False, metrics=metrics,
                        task="classify")
-
-
-def load(model: ServedModel) -> None:
-    async def go() -> None:
-        try:
-            await model.load()
-        finally:
-            await model.close()
-
-    asyncio.run(go())
 
 
 def damage_head(version_dir: Path, labels: int, factor: float = 25.0) -> None:
@@ -81,7 +72,7 @@ def test_healthy_variants_pass_and_report_their_drift_and_placement(built_classi
         metrics = Metrics("test")
         model = served(version_dir.parent.parent, built_classifier.manifest.name, metrics, variant=variant)
         caplog.clear()
-        load(model)
+        load_and_close(model)
         ready = [r for r in caplog.records if r.getMessage() == "model ready"]
         assert ready and ready[0].self_test["passed"] is True and ready[0].self_test["texts"] > 0
         assert ready[0].placement == {"nodes": {"CPUExecutionProvider": model.model.placement.nodes(
@@ -103,13 +94,13 @@ def test_a_damaged_fp16_variant_is_refused_on_the_cpu(built_classifier, copy_of)
     name = built_classifier.manifest.name
     with pytest.raises(ModelRepoError, match=r"self-test failed: variant fp16 on CPUExecutionProvider drifts "
                                              r"[0-9.e-]+ from the fp32 reference on \d+ golden texts \(bound"):
-        load(served(version_dir.parent.parent, name, variant="fp16"))
+        load_and_close(served(version_dir.parent.parent, name, variant="fp16"))
     # The check is what refuses it: without the self-test the damaged file loads and runs.
     model = served(version_dir.parent.parent, name, variant="fp16", self_test=False)
-    load(model)
+    load_and_close(model)
     assert model.model.self_test is None
     # The other variants of the same version are unharmed and still load.
-    load(served(version_dir.parent.parent, name, variant="int8"))
+    load_and_close(served(version_dir.parent.parent, name, variant="int8"))
 
 
 def test_hot_reload_refuses_a_damaged_version_and_keeps_serving(built_classifier, copy_of):
@@ -140,7 +131,7 @@ def test_a_version_without_golden_set_still_loads(built_classifier, copy_of):
     version_dir = copy_of()
     (version_dir / GOLDEN).unlink()
     model = served(version_dir.parent.parent, built_classifier.manifest.name)
-    load(model)
+    load_and_close(model)
     assert model.model.self_test is None
 
 
@@ -148,5 +139,5 @@ def test_an_unreadable_golden_set_is_a_clear_error(built_classifier, copy_of):
     version_dir = copy_of()
     (version_dir / GOLDEN).write_text("{not json")
     with pytest.raises(ModelRepoError, match="golden.json is not a valid golden set"):
-        load(served(version_dir.parent.parent, built_classifier.manifest.name))
+        load_and_close(served(version_dir.parent.parent, built_classifier.manifest.name))
     assert ModelRepository(version_dir.parent.parent).versions(built_classifier.manifest.name) == ["1"]
