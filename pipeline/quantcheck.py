@@ -4,6 +4,7 @@
    (its position varies) must give the same label and scores within a tolerance.
 2. Throughput at batch x tokens (default 32 x 64) of every variant, interleaved in one run so a noisy
    machine hits them alike; reported as texts/s and as the ratio to fp32.
+3. Where each variant's time goes: every op type's share of ONNX Runtime's kernel time at that shape.
 """
 from __future__ import annotations
 
@@ -39,10 +40,7 @@ def batch_invariance(model_dir: Path, texts: list[str], n: int, batch: int, seed
 
 def throughput(model_dir: Path, variants: list[str], batch: int, tokens: int, rounds: int, threads: int) -> dict:
     models = {v: open_model_dir(model_dir, provider="cpu", variant=v, intra_threads=threads) for v in variants}
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 20000, size=(batch, tokens), dtype=np.int64)
-    ids[:, 0], ids[:, -1] = 101, 102
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    feeds = _feeds(batch, tokens)
     timings: dict[str, list[float]] = {v: [] for v in variants}
     for model in models.values():  # warm-up
         for _ in range(2):
@@ -62,6 +60,33 @@ def throughput(model_dir: Path, variants: list[str], batch: int, tokens: int, ro
     return result
 
 
+def kernel_time_by_op(model_dir: Path, variants: list[str], batch: int, tokens: int, runs: int,
+                      threads: int) -> dict[str, dict[str, float]]:
+    """Per variant, each op type's share of ONNX Runtime's kernel time at batch x tokens over `runs` profiled runs
+    (the first, which allocates and picks kernels, among them): where the time goes, e.g. how much the GEMMs take."""
+    from nlpsuite.shared.model_repo import ModelRepository, read_manifest
+    from nlpsuite.shared.runtime import create_session
+
+    version_dir = model_dir if (model_dir / "manifest.json").is_file() else \
+        ModelRepository(model_dir.parent).resolve(model_dir.name).path
+    manifest = read_manifest(version_dir)
+    feeds = _feeds(batch, tokens)
+    shares = {}
+    for variant in variants:
+        profiled = create_session(version_dir / manifest.variants[variant].file, "cpu", threads, profile=True)
+        for _ in range(runs):
+            profiled.session.run(None, feeds)
+        shares[variant] = {op: round(share, 4) for op, share in profiled.end_profiling().kernel_shares().items()}
+    return shares
+
+
+def _feeds(batch: int, tokens: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, size=(batch, tokens), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
 def run(model_dir: Path, data: Path, text_col: str, label_col: str, n: int, batch: int, tokens: int,
         rounds: int, threads: int, tolerance: float) -> dict:
     texts = load_dataset(data, text_col, label_col).texts
@@ -74,6 +99,7 @@ def run(model_dir: Path, data: Path, text_col: str, label_col: str, n: int, batc
         "throughput": {"batch": batch, "tokens": tokens, "rounds": rounds,
                        "variants": throughput(model_dir, variants, batch, tokens, rounds, threads)},
     }
+    report["kernel_time_by_op"] = kernel_time_by_op(model_dir, variants, batch, tokens, 6, threads)
     inv = report["batch_invariance"]
     report["batch_invariant"] = inv["label_flips"] == 0 and inv["max_abs_diff"] <= tolerance
     report["tolerance"] = tolerance
@@ -91,4 +117,9 @@ def print_report(report: dict) -> None:
     for variant, figures in tp["variants"].items():
         print(f"  {variant:5s} {figures['ms_per_batch']:8.1f} ms/batch {figures['texts_per_s']:8.1f} texts/s "
               f"{figures.get('speedup_vs_fp32', 0):6.2f}x fp32")
+    print(f"share of kernel time by op type at batch {tp['batch']} x {tp['tokens']} (ONNX Runtime profile):")
+    for variant, shares in report["kernel_time_by_op"].items():
+        top = list(shares.items())[:6]
+        rest = 1 - sum(share for _, share in top)
+        print(f"  {variant:5s} " + ", ".join(f"{op} {share:.0%}" for op, share in top) + f", other {rest:.0%}")
     print(json.dumps(report))

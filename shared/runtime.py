@@ -35,6 +35,12 @@ class Placement:
     """Which provider ran each node of a session's graph (from ORT's profile of one run)."""
 
     ops: dict[str, dict[str, int]] = field(default_factory=dict)  # provider -> op type -> nodes
+    kernel_us: dict[str, float] = field(default_factory=dict)  # op type -> kernel time over the profiled runs
+
+    def kernel_shares(self) -> dict[str, float]:
+        """Each op type's share of the profiled kernel time, largest first."""
+        total = sum(self.kernel_us.values()) or 1.0
+        return {op: us / total for op, us in sorted(self.kernel_us.items(), key=lambda kv: -kv[1])}
 
     def nodes(self, provider: str) -> int:
         return sum(self.ops.get(provider, {}).values())
@@ -77,15 +83,17 @@ class RuntimeSession:
             if written:
                 Path(written).unlink(missing_ok=True)
         seen: dict[str, tuple[str, str]] = {}
+        kernel_us: Counter = Counter()
         for event in events:
             args = event.get("args") or {}
             name = event.get("name", "")
             if event.get("cat") == "Node" and name.endswith("_kernel_time") and "provider" in args:
                 seen[name] = (args["provider"], args.get("op_name", "?"))
+                kernel_us[args.get("op_name", "?")] += float(event.get("dur", 0))
         ops: dict[str, Counter] = {}
         for provider, op in seen.values():
             ops.setdefault(provider, Counter())[op] += 1
-        return Placement({p: dict(sorted(c.items())) for p, c in ops.items()})
+        return Placement({p: dict(sorted(c.items())) for p, c in ops.items()}, dict(kernel_us))
 
 
 def _cgroup_cpu_limit() -> float | None:
