@@ -80,8 +80,7 @@ async def _evaluate(settings, cases_path: Path, split: str, calibrate: bool) -> 
                 raise DataError(f"{cases_path}: no dev cases to calibrate on")
             turns = []
             for case in dev:
-                texts = [case.message] + ([f"{case.previous} {case.message}"] if case.previous else [])
-                observed, _, _ = await service.observe(texts, Timing(0.0), None)
+                observed, _, _ = await service.observe_turn(case.message, case.previous or None, Timing(0.0), None)
                 turns.append(LabelledTurn(case.kind, case.expected, observed[0],
                                           observed[1] if len(observed) > 1 else None))
             judge = judge_with(service.kb, labels, settings.handoff_intents)

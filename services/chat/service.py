@@ -158,6 +158,11 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
                     zip(texts, intents.outputs, embedded.outputs)]
         return observed, intents.truncated[0], intents.model
 
+    async def observe_turn(self, message: str, previous: str | None, timing: Timing, deadline):
+        """The message, and for a follow-up the message read after the previous one, observed by both models."""
+        texts = [message] if previous is None else [message, f"{previous} {message}"]
+        return await self.observe(texts, timing, deadline)
+
     def _intent_similarity(self, vector: np.ndarray) -> float | None:
         if self.example_vectors is None or not len(self.example_vectors):
             return None
@@ -169,8 +174,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
 
     async def route(self, message: str, previous: str | None, timing: Timing, deadline) -> RoutedTurn:
         """Score the message (and, for a follow-up, it read with the previous one) and choose the reply."""
-        texts = [message] if previous is None else [message, f"{previous} {message}"]
-        observed, truncated, model = await self.observe(texts, timing, deadline)
+        observed, truncated, model = await self.observe_turn(message, previous, timing, deadline)
         w = self.routing.lexical_weight
         scores = [Scores(o.probs, self.search(o.text, o.vector, w), o.intent_similarity) for o in observed]
         assert self.kb is not None
