@@ -14,6 +14,7 @@ from nlpsuite.shared.model_repo import ModelRepository, ModelVersion, mkdirs_rea
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMES = ("sentiment", "intent", "embedder")
+KNOWLEDGE_QUESTIONS = 2  # per passage, beside its title, in the intent model's "knowledge" class
 
 
 def examples_dir() -> Path:
@@ -76,15 +77,19 @@ def retrieval_training_data(repository: Path) -> Path:
 
 
 def intent_training_data(repository: Path) -> Path:
-    """examples/intents.csv plus a KNOWLEDGE_LABEL class: the example knowledge base's FAQ questions and document
-    section titles. Written under <repository>/.data/."""
+    """examples/intents.csv plus a KNOWLEDGE_LABEL class: the example knowledge base's FAQ questions, document
+    section titles and a few of the other ways each is asked. Written under <repository>/.data/."""
     from nlpsuite.services.chat.knowledge_base import KnowledgeBase
     from nlpsuite.services.chat.routing import KNOWLEDGE_LABEL
 
     kb = KnowledgeBase.load(examples_dir() / "knowledge_base.yaml")
     with open(examples_dir() / "intents.csv", newline="", encoding="utf-8") as handle:
         rows = [(r["text"], r["intent"]) for r in csv.DictReader(handle)]
-    rows += [(p.title, KNOWLEDGE_LABEL) for p in kb.passages if p.title and not p.handoff]
+    for passage in kb.passages:
+        if not passage.handoff:
+            # A few of the other ways of asking: all of them would make this one class outweigh every intent.
+            asked = [passage.title, *passage.questions[:KNOWLEDGE_QUESTIONS]]
+            rows += [(text, KNOWLEDGE_LABEL) for text in asked if text]
     return _write_rows(repository / ".data" / "intent-train.csv", rows)
 
 

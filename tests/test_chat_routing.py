@@ -51,6 +51,17 @@ def test_index_scores_a_passage_by_its_best_unit():
     assert top[0].passage is DOC and top[0].cosine == pytest.approx(1.0) and top[1].cosine == 0
 
 
+def test_other_ways_of_asking_are_searched_as_units_and_words():
+    faq = Passage("faq-1", "faq", "What are your opening hours?", "9 to 5.", questions=("when do you open",))
+    doc = Passage("doc#cheques", "document", "Cheques", "Pay in a cheque.", questions=("photo of a check",))
+    texts, owners = RetrievalIndex.unit_texts([faq, doc])
+    assert texts == ["What are your opening hours?", "when do you open", "Cheques", "Pay in a cheque.",
+                     doc.search_text, "photo of a check"] and owners == [0, 0, 1, 1, 1, 1]
+    index = RetrievalIndex([faq, doc], np.eye(6, dtype=np.float32), owners)
+    top = index.search("a photo of my check", np.zeros(6, np.float32), lexical_weight=1.0)
+    assert top[0].passage is doc and top[0].lexical > 0  # "check" and "photo" are only in its questions
+
+
 def test_decide_each_way():
     sure = Routing(temperature=1.0, retrieval_scale=10, retrieval_bias=-5, min_confidence=0.5, margin=0.1,
                    out_of_scope_below=0.3)

@@ -236,6 +236,10 @@ def test_conversation_store_is_bounded_by_turns_ttl_and_count():
     ("faq:\n  - {id: fees#a, question: q, answer: x}\ndocuments: [fees.md]\n", {"fees.md": "## A\ntext\n"},
      "passage id 'fees#a' is used twice"),
     ("documents: [notes.txt]\n", {"notes.txt": "hello"}, "only Markdown (.md) and YAML (.yaml) documents"),
+    ("faq:\n  - {id: a, question: q, answer: x}\nquestions:\n  hours#sunday: ['open sundays?']\n", {},
+     "questions given for 'hours#sunday', which no FAQ entry or document passage has as its id"),
+    ("faq:\n  - {id: a, question: q, answer: x, questions: ['  ']}\n", {},
+     "faq entry 1 (id 'a'): questions.0: String should have at least 1 character"),
 ])
 def test_knowledge_base_rejects_bad_files_naming_file_and_entry(tmp_path, kb, files, needle):
     path = tmp_path / "kb.yaml"
@@ -259,6 +263,20 @@ def test_knowledge_documents_become_passages(tmp_path):
         ("hours#saturday-opening", "document", "Saturday opening", "Open 9 to 1.", False),
         ("hours#bank-holidays", "document", "Bank holidays", "Closed. Really.", False),
         ("m1", "document", "Coins", "We count coins.", True)]
+
+
+def test_other_ways_of_asking_are_kept_per_passage(tmp_path):
+    (tmp_path / "hours.md").write_text("## Saturday opening\nOpen 9 to 1.\n")
+    (tmp_path / "more.yaml").write_text("- {id: m1, title: Coins, text: We count coins., "
+                                        "questions: ['bag of coins?']}\n")
+    (tmp_path / "kb.yaml").write_text(
+        "faq:\n  - {id: f1, question: 'q?', answer: a., questions: [other q, another q]}\n"
+        "documents: [hours.md, more.yaml]\n"
+        "questions:\n  hours#saturday-opening: ['open at the weekend?']\n  f1: [another q, third q]\n")
+    kb = KnowledgeBase.load(tmp_path / "kb.yaml")
+    assert {p.id: p.questions for p in kb.passages} == {
+        "f1": ("other q", "another q", "third q"), "hours#saturday-opening": ("open at the weekend?",),
+        "m1": ("bag of coins?",)}
 
 
 def test_health_and_reflection(server):

@@ -3,22 +3,30 @@
 Documents are Markdown or YAML files named (as paths or globs, relative to the knowledge base file) under
 `documents:`. Each becomes passages that chat retrieval searches beside the FAQ: a Markdown file one passage per
 `##` section (its id `<file stem>#<section slug>`), a YAML file a list of `{id, title, text}` entries.
+
+Any passage may list `questions`: other ways customers ask for it (inline on an FAQ entry or a YAML passage, or by
+passage id under the knowledge base's `questions:`, e.g. for a Markdown section). Retrieval matches a message
+against them too, and the default models learn from them.
 """
 from __future__ import annotations
 
 import glob
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, model_validator,
+)
 
 from nlpsuite.shared.resources import examples_path
 
 MAX_PASSAGE_CHARS = 2000  # a passage is an answer: past this it is a document to split, not a reply
 MAX_DOCUMENT_BYTES = 1 << 20
+MAX_QUESTION_CHARS = 300
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
 
 
 class KnowledgeBaseError(ValueError):
@@ -39,6 +47,7 @@ class FaqEntry(_Strict):
     id: str = Field(min_length=1)
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+    questions: list[Question] = Field(default_factory=list)  # other ways customers ask it
     handoff: bool = False  # answering it also hands the conversation to a person (e.g. complaints)
 
 
@@ -46,6 +55,7 @@ class DocumentPassage(_Strict):
     id: str = Field(min_length=1)
     title: str = ""
     text: str = Field(min_length=1, max_length=MAX_PASSAGE_CHARS)
+    questions: list[Question] = Field(default_factory=list)
     handoff: bool = False
 
 
@@ -58,6 +68,7 @@ class Passage:
     title: str  # the FAQ question, or the section title
     answer: str  # what the customer is told: the FAQ answer, or the passage text
     handoff: bool = False
+    questions: tuple[str, ...] = ()  # other ways customers ask for it
 
     @property
     def search_text(self) -> str:
@@ -69,6 +80,8 @@ class KnowledgeBase(_Strict):
     faq: list[FaqEntry] = Field(default_factory=list)
     documents: list[str] = Field(default_factory=list, description="Markdown/YAML files or globs, absolute or "
                                  "relative to the knowledge base file")
+    questions: dict[str, list[Question]] = Field(default_factory=dict, description="other ways customers ask, "
+                                                 "by passage id (FAQ id or <document stem>#<section slug>)")
     _passages: list[Passage] = PrivateAttr(default_factory=list)
 
     @property
@@ -101,8 +114,8 @@ class KnowledgeBase(_Strict):
             kb = cls.model_validate(raw)
         except ValidationError as exc:
             raise KnowledgeBaseError(f"knowledge base {path}: {_describe(exc, raw)}") from None
-        passages = [Passage(id=e.id, source="faq", title=e.question, answer=e.answer, handoff=e.handoff)
-                    for e in kb.faq]
+        passages = [Passage(id=e.id, source="faq", title=e.question, answer=e.answer, handoff=e.handoff,
+                            questions=tuple(e.questions)) for e in kb.faq]
         for file in _document_files(path, kb.documents):
             passages.extend(read_document(file))
         seen: dict[str, str] = {}
@@ -113,7 +126,12 @@ class KnowledgeBase(_Strict):
             seen[p.id] = p.source
         if not kb.intents and not passages:
             raise KnowledgeBaseError(f"knowledge base {path} is empty: give intents, faq or documents")
-        kb._passages = passages
+        unknown = sorted(set(kb.questions) - set(seen))
+        if unknown:
+            raise KnowledgeBaseError(f"knowledge base {path}: questions given for {', '.join(map(repr, unknown))}, "
+                                     "which no FAQ entry or document passage has as its id")
+        kb._passages = [replace(p, questions=tuple(dict.fromkeys(p.questions + tuple(kb.questions.get(p.id, ())))))
+                        for p in passages]
         return kb
 
 
@@ -205,5 +223,5 @@ def _yaml_passages(path: Path, text: str) -> list[Passage]:
             errors = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise KnowledgeBaseError(f"document {path}: passage {i + 1} (id {name!r}): {errors}") from None
         passages.append(Passage(id=entry.id, source="document", title=entry.title, answer=entry.text,
-                                handoff=entry.handoff))
+                                handoff=entry.handoff, questions=tuple(entry.questions)))
     return passages

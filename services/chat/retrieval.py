@@ -1,9 +1,10 @@
 """Hybrid retrieval over the knowledge collection: BM25 on words plus embedding similarity.
 
 Each passage is embedded as several units (an FAQ entry: its question; a document passage: its title, each
-sentence, and the whole), and its similarity to a message is the best of its units': a customer's question
-usually matches one sentence of a section, not the section's average. BM25 adds the exact words embeddings
-blur ("cheque", "CHAPS", "Saturday"), normalised by the most the query's words could score.
+sentence, and the whole; either: the other ways customers ask for it), and its similarity to a message is the
+best of its units': a customer's question usually matches one sentence of a section, or one way of asking, not
+the section's average. BM25 adds the exact words embeddings blur ("cheque", "CHAPS", "Saturday"), normalised by
+the most the query's words could score.
 """
 from __future__ import annotations
 
@@ -39,9 +40,15 @@ def words(text: str) -> list[str]:
 def units(passage: Passage) -> list[str]:
     """The texts embedded for one passage."""
     if passage.source == "faq":
-        return [passage.title]
+        return list(dict.fromkeys([passage.title, *passage.questions]))
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", passage.answer) if s.strip()]
-    return [t for t in ([passage.title] if passage.title else []) + sentences + [passage.search_text]]
+    return list(dict.fromkeys(([passage.title] if passage.title else []) + sentences + [passage.search_text]
+                              + list(passage.questions)))
+
+
+def lexical_text(passage: Passage) -> str:
+    """What BM25 indexes for a passage: its title, its text and the other ways customers ask for it."""
+    return " ".join([passage.search_text, *passage.questions])
 
 
 class BM25:
@@ -82,7 +89,7 @@ class RetrievalIndex:
         self.passages = passages
         self.vectors = vectors
         self.owners = np.asarray(owners, np.int64)  # unit row -> passage index
-        self.bm25 = BM25([words(p.search_text) for p in passages])
+        self.bm25 = BM25([words(lexical_text(p)) for p in passages])
 
     @staticmethod
     def unit_texts(passages: list[Passage]) -> tuple[list[str], list[int]]:
