@@ -4,7 +4,14 @@
         --data /work/shared/data/banking77/dev.csv --label-col category
 
 Every message goes to Reply in a fresh conversation (and all texts to ClassifyIntent in batches); the
-model's own predictions come from the same ONNX variant run in-process. Last line: JSON.
+model's own predictions come from the same ONNX variant run in-process. `reply_accuracy` counts Reply's `intent`
+field; `answered_by_gold_intent` counts replies that gave the gold intent's own answer (not a retrieved passage,
+not a hand-off), the stricter figure.
+
+`--calibrate-on TRAIN.csv` first fits chat's routing for this deployment, as a user would with
+`nlpsuite evaluate --task chat --calibrate`: on `--per-label` messages per label of TRAIN (never the evaluated
+data) as intent cases, beside the example cases file's dev FAQ, document and out-of-scope messages (the example
+FAQ and documents stay in the knowledge base). Last line: JSON.
 """
 from __future__ import annotations
 
@@ -38,6 +45,8 @@ def main() -> int:
     p.add_argument("--knowledge-base", type=Path)
     p.add_argument("--answer-every-label", action="store_true", help="serve a knowledge base that gives every label "
                    "of the intent model an answer, beside the example FAQ and documents (written to a temp dir)")
+    p.add_argument("--calibrate-on", type=Path, help="labelled training CSV to calibrate the routing on first")
+    p.add_argument("--per-label", type=int, default=5)
     args = p.parse_args()
 
     rows = list(csv.DictReader(open(args.data, newline="", encoding="utf-8")))
@@ -62,10 +71,15 @@ def main() -> int:
         args.knowledge_base = Path(tempfile.mkdtemp()) / "knowledge_base.yaml"
         args.knowledge_base.write_text(yaml.safe_dump(kb))
 
+    routing = None
+    if args.calibrate_on is not None:
+        routing = calibrate_routing(args, labels)
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = ChatSettings(host="127.0.0.1", port=port, max_items=64, knowledge_base=args.knowledge_base,
+                            routing=routing,
                             intent_model=ModelSettings(name=args.intent_model, repository=args.repository),
                             embedder=ModelSettings(name=args.embedder, repository=args.repository))
     loop = asyncio.new_event_loop()
@@ -97,8 +111,44 @@ def main() -> int:
         "answered_by_gold_intent": round(float(np.mean([r.source == 1 and r.source_id == g
                                                          for r, g in zip(replies, gold)])), 4),
     }
+    if routing is not None:
+        summary["routing"] = json.loads(routing.read_text())
     print(json.dumps(summary))
     return 0
+
+
+def calibrate_routing(args, labels: list[str]) -> Path:
+    """A cases file for this deployment (see the module doc), calibrated on; returns the routing file."""
+    import tempfile
+
+    from nlpsuite.pipeline.chat_eval import evaluate_chat, load_cases
+    from nlpsuite.shared.resources import examples_path
+
+    folder = Path(tempfile.mkdtemp(prefix="chat-routing-"))
+    rows = list(csv.DictReader(open(args.calibrate_on, newline="", encoding="utf-8")))
+    taken: dict[str, int] = {}
+    cases = []
+    for i, row in enumerate(rows):
+        label = row[args.label_col]
+        if label in labels and taken.get(label, 0) < args.per_label:
+            taken[label] = taken.get(label, 0) + 1
+            cases.append({"id": f"t{i}", "split": "dev", "kind": "intent", "expected": label, "previous": "",
+                          "message": row[args.text_col]})
+    for case in load_cases(examples_path("chat_cases.csv")):
+        if case.split == "dev" and (case.kind in ("faq", "document") or case.expected == "out_of_scope"):
+            cases.append(case.model_dump())
+    path = folder / "cases.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(cases[0]))
+        writer.writeheader()
+        writer.writerows(cases)
+    routing = folder / "chat-routing.json"
+    settings = ChatSettings(knowledge_base=args.knowledge_base, routing=routing,
+                            intent_model=ModelSettings(name=args.intent_model, repository=args.repository),
+                            embedder=ModelSettings(name=args.embedder, repository=args.repository))
+    routing.write_text("{}")  # the service reads it at load; calibration then replaces it
+    evaluate_chat(settings, path, split="dev", calibrate=True)
+    return routing
 
 
 if __name__ == "__main__":
