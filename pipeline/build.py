@@ -168,15 +168,17 @@ def build(config: BuildConfig) -> ModelVersion:
         raw = export_onnx(model, config.task, staging / "raw.onnx")
         num_heads = base_config.get("num_attention_heads") or base_config.get("n_heads")
         hidden = base_config.get("hidden_size") or base_config.get("dim")
-        files = {"fp32": fuse(raw, staging / "model.fp32.onnx", num_heads, hidden)}
-        raw.unlink()
+        files = {"fp32": fuse(raw, staging / "model.fp32.onnx", num_heads, hidden, target="cpu")}
         encoder = TextEncoder(staging / TOKENIZER, hp.max_length)
         if "int8" in config.variants:
             # Activation ranges for smoothing come from training texts only (the gate below judges on dev).
             calibration = encoder.tokenize(train.texts[::max(1, len(train.texts) // CALIBRATION_TEXTS)]).ids
             files["int8"] = quantize_per_token(files["fp32"], staging / "model.int8.onnx", calibration)
         if "fp16" in config.variants:
-            files["fp16"] = to_fp16(files["fp32"], staging / "model.fp16.onnx")
+            gpu_fused = fuse(raw, staging / "gpu.fp32.onnx", num_heads, hidden, target="gpu")
+            files["fp16"] = to_fp16(gpu_fused, staging / "model.fp16.onnx")
+            gpu_fused.unlink()
+        raw.unlink()
 
         # The gate compares every variant with the fine-tuned PyTorch model on the dev set.
         reference = predict_torch(model, tokenizer, dev.texts, config.task, hp.max_length)

@@ -8,15 +8,20 @@ into integer arithmetic whose activation scale is computed per token (per row of
 
     s   = max(|x|, axis=-1) / 127                  (one scale per token, from that token alone)
     x_q = QuantizeLinear(x, s, zero_point=128)     (uint8, symmetric around 128, per row of the flattened tokens)
-    y   = MatMulIntegerToFloat(x_q, W_q, w_scale) * s    (W_q 7-bit in int8, one scale per output column)
+    y   = MatMulIntegerToFloat(x_q, W_q, s, w_scale)    (W_q 7-bit in int8, one scale per output column)
 
 uint8 activations with int8 weights is the combination ONNX Runtime's CPU GEMM (MLAS) is fastest at;
-MatMulIntegerToFloat is ORT's contrib op that applies the per-column weight scale in the GEMM epilogue.
+MatMulIntegerToFloat is ORT's contrib op that applies the per-column weight scale in the GEMM epilogue. Given
+s as an [M, 1] column (its documentation names only a scalar or per-column a_scale; its CPU kernel broadcasts
+any shape), it scales each token too: measured on a MiniLM FFN (1024 x 384 x 1536, AVX512-VNNI, 1 thread)
+3.14 ms against 3.51 ms with the scale as a separate Mul. Its bias input is not used: with a non-scalar a_scale
+the kernel scales the bias by it too. The build's gate and the batch-invariance tests would catch a change.
 
 Before that, given calibration texts, each quantized activation is smoothed (SmoothQuant): a constant per-channel
 Mul moves the range of BERT's few outlier channels into the weights, so they no longer set every token's scale.
 
-A token's result depends only on that token's activations, so batching cannot change it. Embedding
+A token's result depends only on that token's activations, so batching cannot change it. The FFN's GELU is
+ORT's FastGelu (tanh approximation) in this variant: cheaper, and its error is far below int8's. Embedding
 tables (Gather on a constant 2-D table) are stored as int8 rows with one scale per row.
 Everything but MatMulIntegerToFloat is a standard ONNX operator.
 """
@@ -108,16 +113,15 @@ def _quantize_matmul(g: _Graph, node: onnx.NodeProto, weight: np.ndarray) -> lis
     w_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / WEIGHT_LEVELS
     w_q = np.clip(np.round(weight / w_scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
     x = g.quantize_activation(node.input[0], k, node.name)
-    dequant, rescaled, out_shape = g.name("dq"), g.name("rescaled"), g.name("outshape")
+    dequant, out_shape = g.name("dq"), g.name("outshape")
     return [
         helper.make_node(
             "MatMulIntegerToFloat",
-            [x.values, g.const("wq", w_q), g.const("one", np.array(1.0, np.float32)),
-             g.const("wscale", w_scale.astype(np.float32)), g.const("azp", np.array(128, np.uint8))],
+            [x.values, g.const("wq", w_q), x.scale, g.const("wscale", w_scale.astype(np.float32)),
+             g.const("azp", np.array(128, np.uint8))],
             [dequant], domain="com.microsoft"),
-        helper.make_node("Mul", [dequant, x.scale], [rescaled]),
         helper.make_node("Concat", [x.leading_shape, g.const("cols", np.array([n], np.int64))], [out_shape], axis=0),
-        helper.make_node("Reshape", [rescaled, out_shape], [node.output[0]]),
+        helper.make_node("Reshape", [dequant, out_shape], [node.output[0]]),
     ]
 
 
@@ -224,6 +228,12 @@ def quantize_per_token(fp32_path: Path, out_path: Path, calibration: list[list[i
             table = g.constant_weight(node.input[0])
             if table is not None and table.ndim == 2 and table.size >= _MIN_WEIGHT_ELEMENTS:
                 replacements[node.name] = _quantize_gather(g, node, table)
+
+    for node in g.graph.node:
+        if node.op_type == "BiasGelu" and node.domain == "com.microsoft":
+            # The tanh approximation of GELU: at most 5e-4 from the exact (erf) GELU, far inside int8's own error,
+            # and 1.40 -> 1.02 ms on a MiniLM FFN's 1024 x 1536 activations (AVX512-VNNI EPYC, 1 thread).
+            node.op_type = "FastGelu"
 
     used_before = {name for node in g.graph.node for name in node.input}
     nodes: list[onnx.NodeProto] = []
