@@ -17,6 +17,7 @@ import numpy as np
 
 from nlpsuite.pipeline.data import load_dataset
 from nlpsuite.shared.model import open_model_dir, softmax
+from nlpsuite.shared.runtime import profile_kernels, synthetic_feeds
 
 
 def batch_invariance(model_dir: Path, texts: list[str], n: int, batch: int, seed: int) -> dict:
@@ -40,7 +41,7 @@ def batch_invariance(model_dir: Path, texts: list[str], n: int, batch: int, seed
 
 def throughput(model_dir: Path, variants: list[str], batch: int, tokens: int, rounds: int, threads: int) -> dict:
     models = {v: open_model_dir(model_dir, provider="cpu", variant=v, intra_threads=threads) for v in variants}
-    feeds = _feeds(batch, tokens)
+    feeds = synthetic_feeds(batch, tokens)
     timings: dict[str, list[float]] = {v: [] for v in variants}
     for model in models.values():  # warm-up
         for _ in range(2):
@@ -62,29 +63,19 @@ def throughput(model_dir: Path, variants: list[str], batch: int, tokens: int, ro
 
 def kernel_time_by_op(model_dir: Path, variants: list[str], batch: int, tokens: int, runs: int,
                       threads: int) -> dict[str, dict[str, float]]:
-    """Per variant, each op type's share of ONNX Runtime's kernel time at batch x tokens over `runs` profiled runs
-    (the first, which allocates and picks kernels, among them): where the time goes, e.g. how much the GEMMs take."""
+    """Per variant, each op type's share of ONNX Runtime's kernel time at batch x tokens (with "GEMM share": the
+    matrix multiplications' part of it): where the time goes."""
     from nlpsuite.shared.model_repo import ModelRepository, read_manifest
-    from nlpsuite.shared.runtime import create_session
 
     version_dir = model_dir if (model_dir / "manifest.json").is_file() else \
         ModelRepository(model_dir.parent).resolve(model_dir.name).path
     manifest = read_manifest(version_dir)
-    feeds = _feeds(batch, tokens)
     shares = {}
     for variant in variants:
-        profiled = create_session(version_dir / manifest.variants[variant].file, "cpu", threads, profile=True)
-        for _ in range(runs):
-            profiled.session.run(None, feeds)
-        shares[variant] = {op: round(share, 4) for op, share in profiled.end_profiling().kernel_shares().items()}
+        placement = profile_kernels(version_dir / manifest.variants[variant].file, batch, tokens, threads, runs)
+        shares[variant] = {"GEMM share": round(placement.gemm_share(), 4)} | \
+            {op: round(share, 4) for op, share in placement.kernel_shares().items()}
     return shares
-
-
-def _feeds(batch: int, tokens: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 20000, size=(batch, tokens), dtype=np.int64)
-    ids[:, 0], ids[:, -1] = 101, 102
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
 def run(model_dir: Path, data: Path, text_col: str, label_col: str, n: int, batch: int, tokens: int,
@@ -119,7 +110,9 @@ def print_report(report: dict) -> None:
               f"{figures.get('speedup_vs_fp32', 0):6.2f}x fp32")
     print(f"share of kernel time by op type at batch {tp['batch']} x {tp['tokens']} (ONNX Runtime profile):")
     for variant, shares in report["kernel_time_by_op"].items():
-        top = list(shares.items())[:6]
+        ops = {op: share for op, share in shares.items() if op != "GEMM share"}
+        top = list(ops.items())[:6]
         rest = 1 - sum(share for _, share in top)
-        print(f"  {variant:5s} " + ", ".join(f"{op} {share:.0%}" for op, share in top) + f", other {rest:.0%}")
+        print(f"  {variant:5s} GEMM {shares['GEMM share']:.0%} of it; "
+              + ", ".join(f"{op} {share:.0%}" for op, share in top) + f", other {rest:.0%}")
     print(json.dumps(report))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import onnxruntime as ort
 
 from nlpsuite.shared.providers import GPU_PROVIDERS, NAMES as _NAMES, GpuOptions, missing_libraries, provider_list
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 ProviderChoice = Literal["auto", "tensorrt", "cuda", "cpu"]
 _AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+# Op types that are matrix multiplications: a BERT encoder's useful arithmetic (attention's score and value
+# products run as MatMul or FusedMatMul where attention is not fused; inside MultiHeadAttention they are not counted).
+GEMM_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "MatMulIntegerToFloat", "QGemm",
+                      "DynamicQuantizeMatMul", "MatMulNBits"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class Placement:
         """Each op type's share of the profiled kernel time, largest first."""
         total = sum(self.kernel_us.values()) or 1.0
         return {op: us / total for op, us in sorted(self.kernel_us.items(), key=lambda kv: -kv[1])}
+
+    def gemm_share(self) -> float:
+        """The share of the profiled kernel time spent in matrix multiplications (GEMM_OPS)."""
+        return sum(share for op, share in self.kernel_shares().items() if op in GEMM_OPS)
 
     def nodes(self, provider: str) -> int:
         return sum(self.ops.get(provider, {}).values())
@@ -236,6 +245,23 @@ def create_session(
                  extra={"provider": actual, "behind_it": session.get_providers()[1:], "model": str(path)})
         return RuntimeSession(session=session, provider=actual, path=path)
     raise RuntimeError(f"no execution provider could open {path}: " + "; ".join(errors))
+
+
+def synthetic_feeds(batch: int, tokens: int) -> dict[str, np.ndarray]:
+    """A batch x tokens input of random word ids between [CLS] and [SEP], no padding: for timing a graph."""
+    ids = np.random.default_rng(0).integers(1000, 20000, size=(batch, tokens), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return dict(zip(INPUT_NAMES, (ids, np.ones_like(ids))))
+
+
+def profile_kernels(path: Path, batch: int, tokens: int, threads: int, runs: int = 6) -> Placement:
+    """Where a CPU session's kernel time goes at batch x tokens, over `runs` profiled runs (the first, which
+    allocates and picks kernels, among them)."""
+    profiled = create_session(path, "cpu", threads, profile=True)
+    feeds = synthetic_feeds(batch, tokens)
+    for _ in range(runs):
+        profiled.session.run(None, feeds)
+    return profiled.end_profiling()
 
 
 def _why(choice: str, exc: Exception) -> str:

@@ -133,6 +133,13 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
     assert bare["best"]["texts_per_s"] == max(p["texts_per_s"] for p in bare["points"])
     assert all(_finite_positive(lat["p50_ms"]) for lat in bare["single_text"].values())
     assert _finite_positive(result["bare_limit_texts_per_s"])
+    gemm = bare["gemm"]
+    assert gemm["variant"] == "int8" and gemm["weight_gemm"] == "MatMulInteger u8 x s8"
+    assert _finite_positive(gemm["weight_gops"]) and _finite_positive(gemm["fp32_gops"])
+    # The bare runtime does more than its GEMMs, so it cannot beat the GEMM-only limit (2x: a noisy host's margin).
+    assert gemm["bare_texts_per_s"] == bare["best"]["texts_per_s"] and 0 < gemm["fraction_of_limit"] < 2
+    assert 0 < gemm["gemm_share"] < 1
+    assert result["meta"]["host"]["isa"] in proc.stdout and "GEMM-only limit" in proc.stdout
 
     select = result["torch_select"]
     assert {c["setting"] for c in select["candidates"]} == {"fp32", "bf16-autocast", "int8-dynamic"}
@@ -154,3 +161,4 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
         text = (folder / "benchmark.md").read_text()
         assert "## Acceptance" in text and "![throughput" in text and "our service" in text
+        assert "GEMM-only limit" in text

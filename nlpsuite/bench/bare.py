@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from nlpsuite.bench.gemm import GemmLimit, measure, with_bare
 from nlpsuite.bench.procs import batches_of, measure_rate, peak_rss_mb
 from nlpsuite.bench.stats import Latency
 from nlpsuite.shared.model import LoadedModel, open_model
@@ -31,6 +32,7 @@ class BareSpec(BaseModel):
     seconds: float
     latency_threads: list[int] = []  # empty: no single-text latency
     latency_requests: int = 200
+    gemm_seconds: float = 0.0  # per GEMM shape, for the GEMM-only limit at the best point (0: not measured)
 
 
 class BarePoint(BaseModel):
@@ -49,6 +51,7 @@ class BareResult(BaseModel):
     best: BarePoint
     single_text: dict[int, Latency]  # by ORT threads
     peak_rss_mb: float
+    gemm: GemmLimit | None = None  # the GEMM-only limit at the best point (CPU only)
 
 
 def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
@@ -59,6 +62,12 @@ def padding_waste(model: LoadedModel, chunks: list[list[str]]) -> float:
         real += sum(lengths)
         padded += max(lengths) * len(lengths)
     return 1 - real / padded
+
+
+def mean_tokens(model: LoadedModel, texts: list[str]) -> float:
+    """Real tokens per text, as the model truncates them."""
+    limit = model.encoder.max_length
+    return sum(min(len(ids), limit) for ids in model.encoder.token_ids(texts)) / len(texts)
 
 
 def single_text_latency(model: LoadedModel, texts: list[str], requests: int) -> Latency:
@@ -92,8 +101,16 @@ def run(spec: BareSpec) -> BareResult:
         single[threads] = single_text_latency(model, spec.probe, spec.latency_requests)
         print(f"bare single text, {threads} threads: p50 {single[threads].p50_ms:.2f} ms", flush=True)
     best = max(points, key=lambda p: p.texts_per_s)
+    limit = None
+    if spec.gemm_seconds > 0 and provider == "CPUExecutionProvider":
+        tokens = round(mean_tokens(model, spec.texts))
+        limit = with_bare(measure(version.variant_path(variant), variant, best.batch, tokens, best.threads,
+                                  best.concurrent, spec.gemm_seconds), best.texts_per_s)
+        print(f"GEMM-only limit ({variant}, batch {best.batch} x {tokens} tokens): {limit.limit_texts_per_s:.1f} "
+              f"texts/s; bare reaches {limit.fraction_of_limit:.0%} of it; GEMM share {limit.gemm_share:.0%}",
+              flush=True)
     return BareResult(provider=provider, variant=variant, points=points, best=best, single_text=single,
-                      peak_rss_mb=round(peak_rss_mb(), 1))
+                      peak_rss_mb=round(peak_rss_mb(), 1), gemm=limit)
 
 
 def main(argv: list[str]) -> int:

@@ -44,7 +44,8 @@ def markdown(result: BenchResult, command: str) -> str:
     lines = ["# Benchmark: our service vs PyTorch serving vs the bare runtime", "", INTRO,
              f"Reproduce: `{command}`", "",
              f"Run: {m.started_at}, {_f(m.wall_s, 0)} s in all{' (--quick)' if m.quick else ''}; host {host['cpu']}, "
-             f"{host['cores']} cores, SIMD {host['simd']}, GPU {host['gpu']}; load average {m.load_avg_start:.2f} at "
+             f"{host['cores']} cores, SIMD {host['simd']} (**{host.get('isa', 'ISA unknown')}**: every CPU figure "
+             f"below is for it), GPU {host['gpu']}; load average {m.load_avg_start:.2f} at "
              f"the start, {m.load_avg_end:.2f} at the end. Model {m.model}. Texts: {m.texts['mix']} mix, "
              f"{m.texts['texts']['n']} texts of {m.texts['texts']['min']}-{m.texts['texts']['max']} tokens "
              f"(mean {m.texts['texts']['mean']}); probe {m.texts['probe']['n']} texts of "
@@ -85,6 +86,16 @@ def markdown(result: BenchResult, command: str) -> str:
         star = " **best**" if p == b.best else ""
         lines.append(f"| {p.batch} | {p.threads} | {p.concurrent} | {_f(p.texts_per_s)}{star} | {_f(p.cpu_cores, 2)} | "
                      f"{_pct(p.padding_waste)} |")
+    if b.gemm is not None:
+        g = b.gemm
+        lines += ["", f"GEMM-only limit ({_isa(result)}), at the best point's layout and batch {g.batch} x {g.tokens} "
+                      f"tokens (the texts' mean): the model's weight GEMMs timed alone as {g.weight_gemm} "
+                      f"**{_f(g.weight_gops, 0)} GOP/s**, attention's products at MatMul fp32 {_f(g.fp32_gops, 0)} "
+                      f"GOP/s; {g.gops_per_text} GOP per text; if the host did nothing else: "
+                      f"**{_f(g.limit_texts_per_s)} texts/s**. The bare runtime reaches "
+                      f"**{_pct(g.fraction_of_limit)}** of it; GEMMs take **{_pct(g.gemm_share)}** of its kernel "
+                      f"time (ONNX Runtime profiler; largest: "
+                      + ", ".join(f"{op} {_pct(share)}" for op, share in g.kernel_shares.items()) + ")."]
     lines += ["", "| single-text latency (one call at a time, probe texts) | p50 ms | p99 ms |", "|---|---:|---:|"]
     for threads, lat in sorted(b.single_text.items()):
         lines.append(f"| {threads} ORT thread{'s' if threads > 1 else ''} | {_f(lat.p50_ms, 2)} | {_f(lat.p99_ms, 2)} |")
@@ -158,18 +169,34 @@ def chart(result: BenchResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _isa(result: BenchResult) -> str:
+    return str(result.meta.host.get("isa", "ISA unknown"))
+
+
+def gemm_lines(result: BenchResult) -> list[str]:
+    g, isa = result.bare.gemm, _isa(result)
+    if g is None:
+        return []
+    return [f"  GEMM speed at the model's shapes ({g.batch} x {g.tokens} tokens, {g.threads} threads x {g.concurrent} "
+            f"runs): {g.weight_gemm} {g.weight_gops:,.0f} GOP/s, MatMul fp32 {g.fp32_gops:,.0f} GOP/s [{isa}]",
+            f"  GEMM-only limit {g.limit_texts_per_s:8.1f} texts/s; the bare runtime "
+            f"({g.bare_texts_per_s:.1f} texts/s) reaches {g.fraction_of_limit:.0%} of it; GEMMs are {g.gemm_share:.0%} of its kernel time [{isa}]"]
+
+
 def console(result: BenchResult) -> str:
-    lines = ["", "== servers at saturation (best concurrency) =="]
+    isa = _isa(result)
+    lines = ["", f"== servers at saturation (best concurrency), {isa} =="]
     for s in result.servers:
         best = s.best
         lines.append(f"  {s.label:44s} {best.texts_per_s:8.1f} texts/s at c={best.concurrency:<3d} "
-                     f"p99 {_f(best.latency.p99_ms):>8s} ms  peak {s.peak_rss_mb:6.0f} MB")
+                     f"p99 {_f(best.latency.p99_ms):>8s} ms  peak {s.peak_rss_mb:6.0f} MB [{isa}]")
     lines.append(f"  {'bare ONNX Runtime limit (in-process)':44s} {result.bare_limit_texts_per_s:8.1f} texts/s "
                  f"(batch {result.bare.best.batch}, {result.bare.best.threads} threads x "
-                 f"{result.bare.best.concurrent} runs)")
-    lines.append("== acceptance ==")
+                 f"{result.bare.best.concurrent} runs) [{isa}]")
+    lines += gemm_lines(result)
+    lines.append(f"== acceptance ({isa}) ==")
     for c in result.checks:
-        lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.value:.3f} (target {c.target})")
+        lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.value:.3f} (target {c.target}) [{isa}]")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ class Profile(BaseModel):
     peer_probe_requests: int  # the same for the PyTorch servers (for the table only)
     bare_batches: list[int]
     bare_seconds: float
+    gemm_seconds: float  # per GEMM shape, for the GEMM-only limit
     latency_requests: int
     torch_batch: int
     torch_seconds: float
@@ -43,10 +44,12 @@ class Profile(BaseModel):
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
-               peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0, latency_requests=300,
+               peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0,
+               gemm_seconds=1.0, latency_requests=300,
                torch_batch=32, torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50)
 QUICK = Profile(texts=64, probe_texts=16, levels=[1, 8], warmup_s=0.3, seconds=1.0, probe_requests=20,
-                peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5, latency_requests=20, torch_batch=8,
+                peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5,
+                gemm_seconds=0.2, latency_requests=20, torch_batch=8,
                 torch_seconds=0.5, agreement_texts=16, recommend_cold=3, recommend_warm=5)
 
 
@@ -91,7 +94,8 @@ def _host() -> dict[str, object]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16") if f in flags]
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+            if f in flags]
     gpu = "none"
     try:
         import onnxruntime as ort
@@ -104,7 +108,21 @@ def _host() -> dict[str, object]:
             gpu = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "none"
     except (ImportError, OSError, IndexError):
         pass
-    return {"cpu": cpu, "cores": cores(), "simd": ", ".join(simd) or "none of avx2/avx512", "gpu": gpu}
+    return {"cpu": cpu, "cores": cores(), "simd": ", ".join(simd) or "none of avx2/avx512", "isa": isa(flags),
+            "gpu": gpu}
+
+
+def isa(flags: set[str]) -> str:
+    """What decides int8 and bf16 speed on this CPU, shortly: e.g. "AVX512-VNNI+BF16", "AMX", "AVX2"."""
+    if "amx_int8" in flags or "amx_bf16" in flags:
+        return "AMX" + ("+AVX512-VNNI" if "avx512_vnni" in flags else "")
+    if "avx512_vnni" in flags:
+        return "AVX512-VNNI" + ("+BF16" if "avx512_bf16" in flags else "")
+    if "avx512f" in flags:
+        return "AVX512"
+    if "avx_vnni" in flags:
+        return "AVX2+AVX-VNNI"
+    return "AVX2" if "avx2" in flags else "no AVX2"
 
 
 def _libraries() -> dict[str, str]:
@@ -162,7 +180,8 @@ class _Runner:
         spec = BareSpec(repository=c.repository, model=c.model, version=self.version.manifest.version,
                         provider=c.provider, texts=self.texts.texts, probe=self.texts.probe, batches=batches,
                         layouts=layouts, seconds=p.bare_seconds,
-                        latency_threads=sorted({1, cores()}) if latency else [], latency_requests=p.latency_requests)
+                        latency_threads=sorted({1, cores()}) if latency else [], latency_requests=p.latency_requests,
+                        gemm_seconds=p.gemm_seconds if latency else 0.0)
         return BareResult.model_validate_json(self._child_json(name, "nlpsuite.bench.bare", spec, 900))
 
     def drive(self, name: str, server: Child, port: int, metrics_port: int, probe_requests: int) -> LoadResult:
