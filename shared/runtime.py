@@ -144,8 +144,9 @@ def _session_options(intra_threads: int, inter_threads: int, spinning: bool = Tr
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
     if not spinning:
-        # Idle pool threads sleep instead of spinning: a session that shares cores with others must not burn them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Pool threads spin only while a run lasts (hand-offs between nodes stay fast) and sleep once it returns: a
+        # session that shares cores with others must not burn them between runs.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # failed GPU provider probes are expected on CPU machines; we log our own line
     return options
