@@ -37,6 +37,12 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-checkpoint", action="store_true",
                    help="also keep the fine-tuned Hugging Face checkpoint in the version (checkpoint/, ~90 MB for "
                         "MiniLM): `nlpsuite bench` needs it to serve the same model with PyTorch")
+    p.add_argument("--teacher", type=Path,
+                   help="classify: distil from this fine-tuned classifier (a Hugging Face directory, or a model "
+                        "version published with --save-checkpoint) as well as from the labels")
+    p.add_argument("--distill-temperature", type=float, default=hp.distill_temperature)
+    p.add_argument("--distill-weight", type=float, default=hp.distill_weight,
+                   help="the teacher's share of the loss (0..1); the labels get the rest")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -63,10 +69,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             patience=args.patience, max_length=args.max_length, seed=args.seed,
             keep_layers=args.keep_layers, max_steps=args.max_steps,
+            distill_temperature=args.distill_temperature, distill_weight=args.distill_weight,
         ),
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
-        save_checkpoint=args.save_checkpoint,
+        save_checkpoint=args.save_checkpoint, teacher=args.teacher,
     )
     version = build(config)
     _print_built(version)

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
+from nlpsuite.pipeline.distill import check_teacher, teacher_logits
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 VARIANT_ORDER = ("fp32", "int8", "fp16")
 CHECKPOINT_DIR = "checkpoint"
 QUANTIZATION = (
-    "int8: per-channel symmetric 7-bit weights in int8 (no u8s8 saturation on non-VNNI CPUs); per-token dynamic int8 activations (scale from each token's "
-    "own max |x|), so a text's result is independent of its batch; embedding tables int8 per row. "
+    "int8: per-channel symmetric 7-bit weights in int8 (no u8s8 saturation on non-VNNI CPUs); per-token dynamic int8 "
+    "activations (scale from each token's own max |x|), so a text's result is independent of its batch; activations "
+    "smoothed per channel on training texts (SmoothQuant); GELU as FastGelu; embedding tables int8 per row. "
     "fp16: weights and compute in float16 with float32 inputs/outputs."
 )
 
@@ -60,6 +62,8 @@ class BuildConfig(BaseModel):
     # Off by default: the repository is what gets deployed and serving never reads torch weights; the
     # checkpoint adds ~90 MB per MiniLM version and is needed only by `nlpsuite bench` and re-exports.
     save_checkpoint: bool = False
+    # A fine-tuned classifier (checkpoint dir or published version) whose soft targets the student also learns from.
+    teacher: Path | None = None
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -148,7 +152,12 @@ def build(config: BuildConfig) -> ModelVersion:
     if unknown_variants or "fp32" not in config.variants:
         raise DataError(f"variants must include fp32 and be among {VARIANT_ORDER}; got {config.variants}")
 
-    result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress)
+    soft_targets, teacher = None, None
+    if config.teacher is not None:
+        teacher = check_teacher(config.teacher, config.task, labels)
+        soft_targets = teacher_logits(teacher, train.texts, labels, hp.max_length)
+    result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress,
+                       teacher_logits=soft_targets)
     model, tokenizer = result.model, result.tokenizer
 
     repo = ModelRepository(config.repository)
@@ -237,6 +246,7 @@ def build(config: BuildConfig) -> ModelVersion:
             libraries=_library_versions(),
             checkpoint=CHECKPOINT_DIR if config.save_checkpoint else None,
             extra={
+                "teacher": str(teacher) if teacher else None,
                 "refused_variants": refused,
                 "max_drop_points": config.max_drop_points,
                 "training": {"epochs_run": result.epochs_run, "steps": result.steps,

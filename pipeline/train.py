@@ -36,6 +36,8 @@ class Hyperparameters:
     keep_layers: int | None = None  # structural pruning: keep only the first K encoder layers
     max_steps: int | None = None  # cap on optimizer steps (tests and quick runs)
     temperature: float = 0.05  # contrastive loss temperature for `embed`
+    distill_temperature: float = 2.0  # with a teacher: softening of both models' logits (pipeline/distill.py)
+    distill_weight: float = 0.5  # with a teacher: the soft targets' share of the loss, the labels' is the rest
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -60,27 +62,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_checkpoint(path: Path) -> dict:
+def check_checkpoint(path: Path, role: str = "base checkpoint") -> dict:
     """Validate a Hugging Face checkpoint dir before any heavy work; returns its config as a dict."""
     from transformers import AutoConfig
 
     if not path.is_dir():
-        raise CheckpointError(f"base checkpoint {path} is not a directory")
+        raise CheckpointError(f"{role} {path} is not a directory")
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"base checkpoint {path} has no config.json: not a Hugging Face model directory")
+        raise CheckpointError(f"{role} {path} has no config.json: not a Hugging Face model directory")
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
-        raise CheckpointError(f"base checkpoint {path}: unreadable config ({exc})") from exc
+        raise CheckpointError(f"{role} {path}: unreadable config ({exc})") from exc
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
-            f"base checkpoint {path} is a {config.model_type!r} model; supported BERT-family types: "
+            f"{role} {path} is a {config.model_type!r} model; supported BERT-family types: "
             f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
         )
     if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        raise CheckpointError(f"base checkpoint {path} has no weights (model.safetensors or pytorch_model.bin)")
+        raise CheckpointError(f"{role} {path} has no weights (model.safetensors or pytorch_model.bin)")
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")):
-        raise CheckpointError(f"base checkpoint {path} has no tokenizer files")
+        raise CheckpointError(f"{role} {path} has no tokenizer files")
     return config.to_dict()
 
 
@@ -215,11 +217,15 @@ def _contrastive_batch(indices: list[int], data: Dataset, by_label: dict[str, li
 
 def fine_tune(
     base: Path, task: Literal["classify", "embed"], train: Dataset, dev: Dataset,
-    labels: list[str], hp: Hyperparameters, progress: bool = True,
+    labels: list[str], hp: Hyperparameters, progress: bool = True, teacher_logits: np.ndarray | None = None,
 ) -> TrainResult:
+    """Fine-tune the base checkpoint; with `teacher_logits` (one row per training text, columns in `labels` order) a
+    classifier learns from them and the labels together (pipeline/distill.py)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
+
+    from nlpsuite.pipeline.distill import distillation_loss
 
     seed_everything(hp.seed)
     model, tokenizer = load_for_task(base, task, labels, hp.keep_layers)
@@ -265,7 +271,12 @@ def fine_tune(
                                 max_length=hp.max_length, return_tensors="pt", return_token_type_ids=False)
                 enc = {k: v.to(device) for k, v in enc.items()}
                 target = torch.tensor([label_index[train.labels[i]] for i in batch], device=device)
-                loss = torch.nn.functional.cross_entropy(model(**enc).logits, target)
+                logits = model(**enc).logits
+                if teacher_logits is None:
+                    loss = torch.nn.functional.cross_entropy(logits, target)
+                else:
+                    soft = torch.from_numpy(teacher_logits[batch]).to(device)
+                    loss = distillation_loss(logits, soft, target, hp.distill_temperature, hp.distill_weight)
             else:
                 anchors, positives = _contrastive_batch(batch, train, by_label, rng)
                 if len(anchors) < 2:

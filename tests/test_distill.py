@@ -1,0 +1,147 @@
+"""Distillation (`nlpsuite build --teacher`): the loss, a student pulled toward its teacher, and teachers refused."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from tests.conftest import quick_config
+
+torch = pytest.importorskip("torch")
+
+
+def test_loss_is_the_weighted_sum_of_soft_kl_and_hard_cross_entropy():
+    from nlpsuite.pipeline.distill import distillation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 3, generator=gen), torch.randn(8, 3, generator=gen)
+    target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    t = 2.0
+    p_teacher = torch.softmax(teacher / t, -1)
+    kl = (p_teacher * (torch.log(p_teacher) - torch.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    ce = torch.nn.functional.cross_entropy(student, target)
+    for weight in (0.0, 0.3, 1.0):
+        assert float(distillation_loss(student, teacher, target, t, weight)) == pytest.approx(
+            float(weight * kl + (1 - weight) * ce), rel=1e-5)
+    assert float(distillation_loss(teacher, teacher, target, t, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_descending_the_soft_loss_moves_the_student_to_the_teacher():
+    from nlpsuite.pipeline.distill import distillation_loss
+
+    gen = torch.Generator().manual_seed(1)
+    teacher = torch.randn(16, 4, generator=gen) * 3
+    student = torch.zeros(16, 4, requires_grad=True)
+    target = torch.zeros(16, dtype=torch.long)  # labels that disagree with the teacher: weight 1 ignores them
+    optimizer = torch.optim.SGD([student], lr=10.0)
+
+    def kl() -> float:
+        p = torch.softmax(teacher, -1)
+        return float((p * (torch.log(p) - torch.log_softmax(student, -1))).sum(-1).mean())
+
+    before = kl()
+    for _ in range(300):
+        optimizer.zero_grad()
+        distillation_loss(student, teacher, target, 1.0, 1.0).backward()
+        optimizer.step()
+    assert kl() < 0.01 * before
+    assert torch.equal(torch.softmax(student, -1).argmax(-1), teacher.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_checkpoint, sentiment_csv):
+    """A tiny classifier trained longer and from another seed than the students, kept with its checkpoint."""
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    hp = Hyperparameters(epochs=4, max_steps=40, batch_size=16, learning_rate=1e-3, max_length=64, seed=7)
+    repo = tmp_path_factory.mktemp("teacher-repo")
+    return build(quick_config(name="teacher", data=sentiment_csv, base=tiny_checkpoint, repository=repo,
+                              hyperparameters=hp, save_checkpoint=True))
+
+
+def _kl_to(teacher_probs: np.ndarray, version, texts: list[str]) -> float:
+    from nlpsuite.shared.model import open_model, softmax
+
+    student = softmax(open_model(version, provider="cpu", variant="fp32").predict(texts))
+    return float(np.mean(np.sum(teacher_probs * (np.log(teacher_probs) - np.log(student)), axis=1)))
+
+
+def test_a_distilled_student_is_closer_to_its_teacher_than_a_plainly_trained_one(
+        teacher, tiny_checkpoint, sentiment_csv, tmp_path):
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import Hyperparameters
+    from nlpsuite.shared.model import open_model, softmax
+
+    texts = [row["text"] for row in csv.DictReader(open(sentiment_csv, newline=""))]
+    teacher_probs = softmax(open_model(teacher, provider="cpu", variant="fp32").predict(texts))
+    plain = build(quick_config(name="plain", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path))
+    hp = Hyperparameters(epochs=2, max_steps=16, batch_size=16, learning_rate=1e-3, max_length=64,
+                         distill_weight=1.0, distill_temperature=1.0)
+    # The teacher given as its published model folder: the build finds its checkpoint.
+    distilled = build(quick_config(name="distilled", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
+                                   hyperparameters=hp, teacher=teacher.path.parent))
+    assert _kl_to(teacher_probs, distilled, texts) < 0.5 * _kl_to(teacher_probs, plain, texts)
+    manifest = distilled.manifest
+    assert manifest.extra["teacher"] == str(teacher.path / "checkpoint")
+    assert manifest.hyperparameters["distill_weight"] == 1.0 and plain.manifest.extra["teacher"] is None
+
+
+def test_a_teacher_of_other_labels_is_refused_before_training(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.distill import TeacherError
+
+    rows = list(csv.DictReader(open(sentiment_csv, newline="")))
+    other = tmp_path / "other.csv"
+    with open(other, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": "up" if r["label"] == "positive" else "other"} for r in rows)
+    with pytest.raises(TeacherError, match=r"predicts the labels \['negative', 'neutral', 'positive'\], the data "
+                                           r"has \['other', 'up'\]"):
+        build(quick_config(data=other, base=tiny_checkpoint, repository=tmp_path / "r", teacher=teacher.path))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_teacher_that_is_not_a_classifier_is_refused(tiny_checkpoint, sentiment_csv, tmp_path):
+    from nlpsuite.pipeline.build import build
+
+    with pytest.raises(ValueError, match="is not a classifier"):
+        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, teacher=tiny_checkpoint))
+
+
+def test_a_published_teacher_without_checkpoint_names_the_fix(built_classifier, tiny_checkpoint, sentiment_csv,
+                                                             tmp_path):
+    from nlpsuite.pipeline.build import build
+
+    with pytest.raises(ValueError, match="without its PyTorch checkpoint: rebuild it with --save-checkpoint"):
+        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
+                           teacher=built_classifier.path))
+
+
+def test_an_embedder_build_with_a_teacher_is_refused(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
+    from nlpsuite.pipeline.build import build
+
+    with pytest.raises(ValueError, match="distilling an embedder is not supported yet"):
+        build(quick_config(task="embed", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
+                           teacher=teacher.path))
+
+
+def test_a_student_with_more_layers_than_its_base_is_refused(sentiment_csv, tiny_checkpoint, tmp_path):
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import CheckpointError, Hyperparameters
+
+    hp = Hyperparameters(epochs=1, max_steps=2, batch_size=16, max_length=64, keep_layers=3)
+    with pytest.raises(CheckpointError, match="--keep-layers 3: the model has 2 layers"):
+        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, hyperparameters=hp))
+
+
+def test_the_cli_says_what_is_wrong_with_a_teacher(tiny_checkpoint, sentiment_csv, tmp_path, capsys):
+    from nlpsuite.cli import main
+
+    code = main(["build", "--task", "classify", "--name", "x", "--data", str(sentiment_csv), "--base",
+                 str(tiny_checkpoint), "--repository", str(tmp_path), "--teacher", str(tmp_path / "nothing"),
+                 "--max-steps", "1", "--no-progress"])
+    assert code == 2
+    assert "neither a Hugging Face model directory nor a published model version" in capsys.readouterr().err
