@@ -37,9 +37,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-checkpoint", action="store_true",
                    help="also keep the fine-tuned Hugging Face checkpoint in the version (checkpoint/, ~90 MB for "
                         "MiniLM): `nlpsuite bench` needs it to serve the same model with PyTorch")
-    p.add_argument("--teacher", type=Path,
+    p.add_argument("--teacher", type=Path, action="append", default=[],
                    help="classify: distil from this fine-tuned classifier (a Hugging Face directory, or a model "
-                        "version published with --save-checkpoint) as well as from the labels")
+                        "version published with --save-checkpoint) as well as from the labels; repeat it for an "
+                        "ensemble (mean logits)")
     p.add_argument("--distill-temperature", type=float, default=hp.distill_temperature)
     p.add_argument("--distill-weight", type=float, default=hp.distill_weight,
                    help="the teacher's share of the loss (0..1); the labels get the rest")
@@ -73,7 +74,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ),
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
-        save_checkpoint=args.save_checkpoint, teacher=args.teacher,
+        save_checkpoint=args.save_checkpoint, teachers=args.teacher,
     )
     version = build(config)
     _print_built(version)

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
-from nlpsuite.pipeline.distill import check_teacher, teacher_logits
+from nlpsuite.pipeline.distill import check_teacher, ensemble_logits
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
@@ -62,8 +62,9 @@ class BuildConfig(BaseModel):
     # Off by default: the repository is what gets deployed and serving never reads torch weights; the
     # checkpoint adds ~90 MB per MiniLM version and is needed only by `nlpsuite bench` and re-exports.
     save_checkpoint: bool = False
-    # A fine-tuned classifier (checkpoint dir or published version) whose soft targets the student also learns from.
-    teacher: Path | None = None
+    # Fine-tuned classifiers (checkpoint dirs or published versions) whose averaged soft targets the student also
+    # learns from: one teacher, or an ensemble.
+    teachers: list[Path] = Field(default_factory=list)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -152,10 +153,8 @@ def build(config: BuildConfig) -> ModelVersion:
     if unknown_variants or "fp32" not in config.variants:
         raise DataError(f"variants must include fp32 and be among {VARIANT_ORDER}; got {config.variants}")
 
-    soft_targets, teacher = None, None
-    if config.teacher is not None:
-        teacher = check_teacher(config.teacher, config.task, labels)
-        soft_targets = teacher_logits(teacher, train.texts, labels, hp.max_length)
+    teachers = [check_teacher(path, config.task, labels) for path in config.teachers]
+    soft_targets = ensemble_logits(teachers, train.texts, labels, hp.max_length) if teachers else None
     result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress,
                        teacher_logits=soft_targets)
     model, tokenizer = result.model, result.tokenizer
@@ -246,7 +245,7 @@ def build(config: BuildConfig) -> ModelVersion:
             libraries=_library_versions(),
             checkpoint=CHECKPOINT_DIR if config.save_checkpoint else None,
             extra={
-                "teacher": str(teacher) if teacher else None,
+                "teachers": [str(t) for t in teachers],
                 "refused_variants": refused,
                 "max_drop_points": config.max_drop_points,
                 "training": {"epochs_run": result.epochs_run, "steps": result.steps,

@@ -10,7 +10,8 @@ dropout, so its logits over the training texts are computed once, before trainin
 teacher forward at every step, with the same result.
 
 A teacher is a Hugging Face classifier directory, or a version in a model repository published with
-`--save-checkpoint` (its `checkpoint/`). It must predict exactly the data's labels.
+`--save-checkpoint` (its `checkpoint/`). It must predict exactly the data's labels. Several teachers (an ensemble,
+e.g. the same recipe from other seeds) teach with their mean logits.
 """
 from __future__ import annotations
 
@@ -79,6 +80,11 @@ def teacher_logits(checkpoint: Path, texts: list[str], labels: list[str], max_le
     column = {str(label): int(i) for i, label in model.config.id2label.items()}
     log.info("teacher %s scored %d training texts", checkpoint, len(texts))
     return logits[:, [column[label] for label in labels]].astype(np.float32)
+
+
+def ensemble_logits(checkpoints: list[Path], texts: list[str], labels: list[str], max_length: int) -> np.ndarray:
+    """The teachers' mean logits: an ensemble's soft targets (one teacher: its own)."""
+    return np.mean([teacher_logits(c, texts, labels, max_length) for c in checkpoints], axis=0).astype(np.float32)
 
 
 def distillation_loss(student, teacher, target, temperature: float, weight: float):

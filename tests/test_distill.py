@@ -81,11 +81,11 @@ def test_a_distilled_student_is_closer_to_its_teacher_than_a_plainly_trained_one
                          distill_weight=1.0, distill_temperature=1.0)
     # The teacher given as its published model folder: the build finds its checkpoint.
     distilled = build(quick_config(name="distilled", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
-                                   hyperparameters=hp, teacher=teacher.path.parent))
+                                   hyperparameters=hp, teachers=[teacher.path.parent]))
     assert _kl_to(teacher_probs, distilled, texts) < 0.5 * _kl_to(teacher_probs, plain, texts)
     manifest = distilled.manifest
-    assert manifest.extra["teacher"] == str(teacher.path / "checkpoint")
-    assert manifest.hyperparameters["distill_weight"] == 1.0 and plain.manifest.extra["teacher"] is None
+    assert manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
+    assert manifest.hyperparameters["distill_weight"] == 1.0 and plain.manifest.extra["teachers"] == []
 
 
 def test_a_teacher_of_other_labels_is_refused_before_training(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
@@ -100,7 +100,7 @@ def test_a_teacher_of_other_labels_is_refused_before_training(teacher, tiny_chec
         writer.writerows({"text": r["text"], "label": "up" if r["label"] == "positive" else "other"} for r in rows)
     with pytest.raises(TeacherError, match=r"predicts the labels \['negative', 'neutral', 'positive'\], the data "
                                            r"has \['other', 'up'\]"):
-        build(quick_config(data=other, base=tiny_checkpoint, repository=tmp_path / "r", teacher=teacher.path))
+        build(quick_config(data=other, base=tiny_checkpoint, repository=tmp_path / "r", teachers=[teacher.path]))
     assert not (tmp_path / "r").exists()
 
 
@@ -108,7 +108,7 @@ def test_a_teacher_that_is_not_a_classifier_is_refused(tiny_checkpoint, sentimen
     from nlpsuite.pipeline.build import build
 
     with pytest.raises(ValueError, match="is not a classifier"):
-        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, teacher=tiny_checkpoint))
+        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, teachers=[tiny_checkpoint]))
 
 
 def test_a_published_teacher_without_checkpoint_names_the_fix(built_classifier, tiny_checkpoint, sentiment_csv,
@@ -117,7 +117,20 @@ def test_a_published_teacher_without_checkpoint_names_the_fix(built_classifier, 
 
     with pytest.raises(ValueError, match="without its PyTorch checkpoint: rebuild it with --save-checkpoint"):
         build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
-                           teacher=built_classifier.path))
+                           teachers=[built_classifier.path]))
+
+
+def test_an_ensemble_teaches_with_its_mean_logits(teacher, tiny_checkpoint, sentiment_csv):
+    from nlpsuite.pipeline.distill import ensemble_logits, teacher_logits
+
+    texts = [row["text"] for row in csv.DictReader(open(sentiment_csv, newline=""))][:8]
+    labels = ["positive", "negative", "neutral"]  # another column order than the teacher's own
+    one = teacher_logits(teacher.path / "checkpoint", texts, labels, 64)
+    assert one.shape == (8, 3)
+    both = ensemble_logits([teacher.path / "checkpoint", teacher.path / "checkpoint"], texts, labels, 64)
+    np.testing.assert_allclose(both, one, rtol=1e-6)
+    ordered = teacher_logits(teacher.path / "checkpoint", texts, sorted(labels), 64)
+    np.testing.assert_allclose(one[:, [1, 2, 0]], ordered, rtol=1e-6)
 
 
 def test_an_embedder_build_with_a_teacher_is_refused(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
@@ -125,7 +138,7 @@ def test_an_embedder_build_with_a_teacher_is_refused(teacher, tiny_checkpoint, s
 
     with pytest.raises(ValueError, match="distilling an embedder is not supported yet"):
         build(quick_config(task="embed", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
-                           teacher=teacher.path))
+                           teachers=[teacher.path]))
 
 
 def test_a_student_with_more_layers_than_its_base_is_refused(sentiment_csv, tiny_checkpoint, tmp_path):
