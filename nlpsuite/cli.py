@@ -130,6 +130,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.data is None:
         raise SystemExit("nlpsuite evaluate: --data is required for classifiers")
+    if args.compare:
+        from nlpsuite.pipeline.pareto import compare, print_table
+        from nlpsuite.shared.host import isa
+
+        print_table(compare([args.model, *args.compare], args.data, args.text_col, args.label_col), isa())
+        return 0
     from nlpsuite.pipeline.evaluate import evaluate_classifier, print_report
 
     summary, per_label = evaluate_classifier(args.model, args.data, args.variant, args.text_col, args.label_col,
@@ -310,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "save it where the service reads it")
     p.add_argument("--embedder", type=Path, help="recommend: embedder dir (default: the one it was built with)")
     p.add_argument("--variant", choices=["int8", "fp16", "fp32"])
+    p.add_argument("--compare", type=Path, nargs="+", metavar="MODEL",
+                   help="classify: also these models; prints accuracy, macro-F1, speed (1 thread, 16 x 64 tokens and "
+                        "one text) and size of every CPU variant, and which are on the accuracy/speed Pareto front")
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])

@@ -1,4 +1,5 @@
-"""Distillation (`nlpsuite build --teacher`): the loss, a student pulled toward its teacher, and teachers refused."""
+"""Distillation (`nlpsuite build --teacher`): the loss, a student pulled toward its teacher, teachers refused; and
+`nlpsuite evaluate --compare`, the accuracy / speed / size table of a teacher and its students."""
 from __future__ import annotations
 
 import csv
@@ -158,3 +159,32 @@ def test_the_cli_says_what_is_wrong_with_a_teacher(tiny_checkpoint, sentiment_cs
                  "--max-steps", "1", "--no-progress"])
     assert code == 2
     assert "neither a Hugging Face model directory nor a published model version" in capsys.readouterr().err
+
+
+def test_compare_tables_accuracy_speed_and_size_and_marks_the_front(teacher, built_classifier, sentiment_csv,
+                                                                   capsys):
+    import json as _json
+
+    from nlpsuite.cli import main
+    from nlpsuite.pipeline.pareto import ParetoRow, mark_front
+    from nlpsuite.shared.host import isa
+
+    assert main(["evaluate", "--model", str(teacher.path), "--compare", str(built_classifier.path), "--data",
+                 str(sentiment_csv)]) == 0
+    out = capsys.readouterr().out
+    table = _json.loads(out.strip().splitlines()[-1])
+    rows = table["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        ("teacher v1", "fp32"), ("teacher v1", "int8"), ("tiny v1", "fp32"), ("tiny v1", "int8")]
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["texts_per_s"] > 0 and r["single_text_ms"] > 0 and r["layers"] == 2
+    assert rows[1]["size_mb"] < rows[0]["size_mb"]  # int8 weights
+    assert any(r["pareto"] for r in rows) and isa() in out
+
+    def row(acc, speed):
+        return ParetoRow(model="m", path="p", variant="v", layers=1, accuracy=acc, macro_f1=acc, texts_per_s=speed,
+                         single_text_ms=1, size_mb=1)
+
+    table_rows = [row(0.9, 100), row(0.8, 200), row(0.8, 150), row(0.9, 100)]
+    mark_front(table_rows)
+    assert [r.pareto for r in table_rows] == [True, True, False, True]  # a tie dominates neither

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from nlpsuite.bench.gemm import gemm_seconds, gemm_work, measure
-from nlpsuite.bench.run import isa
+from nlpsuite.shared.host import isa
 
 
 def test_gemm_work_counts_weight_matrices_and_attention_products(built_classifier):

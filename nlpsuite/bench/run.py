@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from nlpsuite.bench.recommend import run_recommend
 from nlpsuite.bench.results import BenchResult, Meta, ServerRun
 from nlpsuite.bench.texts import TextSet, make_textset
 from nlpsuite.bench.torch_models import SelectResult, SelectSpec, require_torch
+from nlpsuite.shared.host import cpu, isa
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, ModelVersion
 from nlpsuite.v1 import sentiment_pb2
 
@@ -85,15 +85,7 @@ def _layouts(n: int) -> list[tuple[int, int]]:
 
 
 def _host() -> dict[str, object]:
-    cpu, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    name, flags = cpu()
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
             if f in flags]
     gpu = "none"
@@ -108,21 +100,8 @@ def _host() -> dict[str, object]:
             gpu = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "none"
     except (ImportError, OSError, IndexError):
         pass
-    return {"cpu": cpu, "cores": cores(), "simd": ", ".join(simd) or "none of avx2/avx512", "isa": isa(flags),
+    return {"cpu": name, "cores": cores(), "simd": ", ".join(simd) or "none of avx2/avx512", "isa": isa(flags),
             "gpu": gpu}
-
-
-def isa(flags: set[str]) -> str:
-    """What decides int8 and bf16 speed on this CPU, shortly: e.g. "AVX512-VNNI+BF16", "AMX", "AVX2"."""
-    if "amx_int8" in flags or "amx_bf16" in flags:
-        return "AMX" + ("+AVX512-VNNI" if "avx512_vnni" in flags else "")
-    if "avx512_vnni" in flags:
-        return "AVX512-VNNI" + ("+BF16" if "avx512_bf16" in flags else "")
-    if "avx512f" in flags:
-        return "AVX512"
-    if "avx_vnni" in flags:
-        return "AVX2+AVX-VNNI"
-    return "AVX2" if "avx2" in flags else "no AVX2"
 
 
 def _libraries() -> dict[str, str]:
