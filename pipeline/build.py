@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
-from nlpsuite.pipeline.distill import check_teacher, ensemble_logits
+from nlpsuite.pipeline.distill import check_settings, check_teacher, ensemble_logits
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
@@ -153,6 +153,8 @@ def build(config: BuildConfig) -> ModelVersion:
     if unknown_variants or "fp32" not in config.variants:
         raise DataError(f"variants must include fp32 and be among {VARIANT_ORDER}; got {config.variants}")
 
+    if config.teachers:
+        check_settings(hp.distill_weight, hp.distill_temperature)
     teachers = [check_teacher(path, config.task, labels) for path in config.teachers]
     soft_targets = ensemble_logits(teachers, train.texts, labels, hp.max_length) if teachers else None
     result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress,

@@ -52,6 +52,13 @@ def resolve_teacher(path: Path) -> Path:
     return version_dir / manifest.checkpoint
 
 
+def check_settings(weight: float, temperature: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise TeacherError(f"--distill-weight {weight}: the teacher's share of the loss must be between 0 and 1")
+    if not temperature > 0:
+        raise TeacherError(f"--distill-temperature {temperature}: must be above 0")
+
+
 def check_teacher(path: Path, task: str, labels: list[str]) -> Path:
     """The teacher's checkpoint, checked against this build before any training: a classifier of the same labels."""
     if task != "classify":

@@ -142,6 +142,22 @@ def test_an_embedder_build_with_a_teacher_is_refused(teacher, tiny_checkpoint, s
                            teachers=[teacher.path]))
 
 
+@pytest.mark.parametrize("weight,temperature,message", [
+    (1.5, 2.0, "--distill-weight 1.5: the teacher's share of the loss must be between 0 and 1"),
+    (0.5, 0.0, "--distill-temperature 0.0: must be above 0"),
+])
+def test_distillation_settings_out_of_range_are_refused(teacher, tiny_checkpoint, sentiment_csv, tmp_path, weight,
+                                                        temperature, message):
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    hp = Hyperparameters(epochs=1, max_steps=2, batch_size=16, max_length=64, distill_weight=weight,
+                         distill_temperature=temperature)
+    with pytest.raises(ValueError, match=message):
+        build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, hyperparameters=hp,
+                           teachers=[teacher.path]))
+
+
 def test_a_student_with_more_layers_than_its_base_is_refused(sentiment_csv, tiny_checkpoint, tmp_path):
     from nlpsuite.pipeline.build import build
     from nlpsuite.pipeline.train import CheckpointError, Hyperparameters
