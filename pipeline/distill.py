@@ -24,10 +24,6 @@ from nlpsuite.pipeline.train import CheckpointError, check_checkpoint, predict_t
 
 log = logging.getLogger(__name__)
 
-DISTILL_TEMPERATURE = 2.0
-DISTILL_WEIGHT = 0.5
-
-
 class TeacherError(CheckpointError):
     """A --teacher that cannot teach this build: not a classifier, other labels, no checkpoint (exit code 2)."""
 
