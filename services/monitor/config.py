@@ -200,7 +200,7 @@ class MonitorSettings(BaseSettings):
     max_headline_chars: int = 1000
     max_future_s: float = 86400.0  # published_at more than this after the record's timestamp is dead-lettered
     earliest_published_at: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)  # before it: dead-lettered
-    dedupe_ids: int = 100_000  # per news partition: ids remembered to dead-letter a reused id with new content
+    dedupe_ids: int = 100_000  # per scorer instance (all its partitions): ids kept to catch one reused with new content
     watchlist: Path | None = None  # optional: maps message tickers to canonical company names
     windows: WindowSettings = Field(default_factory=WindowSettings)
     entity_rule: SurgeRule = Field(default_factory=SurgeRule)

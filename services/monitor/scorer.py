@@ -38,11 +38,6 @@ from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, p
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.CANCELLED}
-
-
 class BatchAbandoned(Exception):
     """The batch in hand cannot finish (shutdown during an outage, or its partitions were revoked)."""
 

@@ -25,7 +25,7 @@ class SentimentClient(ServiceClient):
 
 
 class AsyncSentimentClient:
-    """The same over grpc.aio, for asyncio programs (e.g. the Kafka monitor)."""
+    """The same over grpc.aio, for asyncio programs (the Kafka monitor keeps its own stub: services/monitor/scorer.py)."""
 
     def __init__(self, target: str, timeout: float | None = 30.0, *, tls: ClientTlsSettings | None = None,
                  token: str | SecretStr | None = None) -> None:
