@@ -31,21 +31,19 @@ class TeacherError(CheckpointError):
 def resolve_teacher(path: Path) -> Path:
     """The checkpoint directory of a teacher given as a checkpoint, a published version or a model's folder (its
     newest version)."""
-    from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, read_manifest
+    from nlpsuite.shared.model_repo import ModelRepoError, version_at
 
     if (path / "config.json").is_file():
         return path
     try:
-        version_dir = path if (path / "manifest.json").is_file() else \
-            ModelRepository(path.parent).resolve(path.name).path
-        manifest = read_manifest(version_dir)
+        version = version_at(path)
     except (ModelRepoError, OSError, ValueError):
         raise TeacherError(f"teacher {path} is neither a Hugging Face model directory nor a published model "
                            f"version") from None
-    if manifest.checkpoint is None:
-        raise TeacherError(f"teacher {version_dir} was published without its PyTorch checkpoint: rebuild it with "
+    if version.manifest.checkpoint is None:
+        raise TeacherError(f"teacher {version.path} was published without its PyTorch checkpoint: rebuild it with "
                            f"--save-checkpoint to distil from it")
-    return version_dir / manifest.checkpoint
+    return version.path / version.manifest.checkpoint
 
 
 def check_settings(weight: float, temperature: float) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from nlpsuite.pipeline.evaluate import evaluate_classifier
-from nlpsuite.shared.model_repo import ModelRepository, ModelVersion, read_manifest
+from nlpsuite.shared.model_repo import ModelVersion, version_at
 from nlpsuite.shared.runtime import create_session, synthetic_feeds
 
 CPU_VARIANTS = ("fp32", "int8")
@@ -41,12 +41,6 @@ class ParetoTable(BaseModel):
     single_tokens: int
     rounds: int
     rows: list[ParetoRow]
-
-
-def _version(path: Path) -> ModelVersion:
-    if (path / "manifest.json").is_file():
-        return ModelVersion(path=path, manifest=read_manifest(path))
-    return ModelRepository(path.parent).resolve(path.name)
 
 
 def _layers(version: ModelVersion) -> int | None:
@@ -91,7 +85,7 @@ def compare(models: list[Path], data: Path, text_col: str, label_col: str, batch
             single_tokens: int = 32, rounds: int = 10) -> ParetoTable:
     rows, files = [], []
     for path in models:
-        version = _version(path)
+        version = version_at(path)
         for variant in CPU_VARIANTS:
             if variant not in version.manifest.variants:
                 continue

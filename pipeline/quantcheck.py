@@ -65,14 +65,12 @@ def kernel_time_by_op(model_dir: Path, variants: list[str], batch: int, tokens: 
                       threads: int) -> dict[str, dict[str, float]]:
     """Per variant, each op type's share of ONNX Runtime's kernel time at batch x tokens (with "GEMM share": the
     matrix multiplications' part of it): where the time goes."""
-    from nlpsuite.shared.model_repo import ModelRepository, read_manifest
+    from nlpsuite.shared.model_repo import version_at
 
-    version_dir = model_dir if (model_dir / "manifest.json").is_file() else \
-        ModelRepository(model_dir.parent).resolve(model_dir.name).path
-    manifest = read_manifest(version_dir)
+    version = version_at(model_dir)
     shares = {}
     for variant in variants:
-        placement = profile_kernels(version_dir / manifest.variants[variant].file, batch, tokens, threads, runs)
+        placement = profile_kernels(version.variant_path(variant), batch, tokens, threads, runs)
         shares[variant] = {"GEMM share": round(placement.gemm_share(), 4)} | \
             {op: round(share, 4) for op, share in placement.kernel_shares().items()}
     return shares

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, ModelVersion, choose_variant, read_manifest
+from nlpsuite.shared.model_repo import ModelRepoError, ModelVersion, choose_variant, version_at
 from nlpsuite.shared.providers import NAMES, GpuOptions, ShapeProfile
 from nlpsuite.shared.runtime import (
     Placement, ProviderChoice, RuntimeSession, available_cores, create_session, expected_provider,
@@ -137,7 +137,4 @@ def prepare_engine_cache(path: Path, model_dir: Path) -> Path:
 
 def open_model_dir(path: Path, **kwargs) -> LoadedModel:
     """Open a version directory (`<root>/<name>/<version>`) or resolve the newest under `<root>/<name>`."""
-    path = Path(path)
-    if (path / "manifest.json").is_file():
-        return open_model(ModelVersion(path=path, manifest=read_manifest(path)), **kwargs)
-    return open_model(ModelRepository(path.parent).resolve(path.name), **kwargs)
+    return open_model(version_at(path), **kwargs)

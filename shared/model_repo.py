@@ -213,6 +213,14 @@ class ModelRepository:
         return self.resolve(name, version)
 
 
+def version_at(path: Path | str) -> ModelVersion:
+    """A version directory (`<root>/<name>/<version>`), or the newest version under `<root>/<name>`."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return ModelVersion(path=path, manifest=read_manifest(path))
+    return ModelRepository(path.parent).resolve(path.name)
+
+
 def choose_variant(manifest: Manifest, provider: str, override: str | None = None) -> str:
     """fp16 on a GPU provider, int8 on the CPU, fp32 as the fallback; a configured override wins.
 
