@@ -15,9 +15,7 @@ itself, at the served model's own weight shapes and M = batch x tokens rows, wit
 from __future__ import annotations
 
 import tempfile
-import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import BaseModel
 
+from nlpsuite.bench.procs import measure_rate
 from nlpsuite.shared.runtime import GEMM_OPS, create_session, profile_kernels
 
 ATTENTION_OPS = ("MultiHeadAttention", "Attention")
@@ -111,24 +110,6 @@ def _gemm_model(k: int, n: int, integer: bool) -> bytes:
     return model.SerializeToString()
 
 
-def _seconds_per_call(run, concurrent: int, seconds: float) -> float:
-    """Wall time per call with `concurrent` threads calling `run` until `seconds` are up (ORT releases the GIL)."""
-    run()
-    stop_at = time.perf_counter() + seconds
-
-    def loop(_: int) -> int:
-        calls = 0
-        while time.perf_counter() < stop_at or calls == 0:
-            run()
-            calls += 1
-        return calls
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrent) as pool:
-        calls = sum(pool.map(loop, range(concurrent)))
-    return (time.perf_counter() - started) / calls
-
-
 def gemm_seconds(k: int, n: int, rows: int, integer: bool, threads: int, concurrent: int, seconds: float) -> float:
     """Seconds per [rows, k] x [k, n] GEMM on the CPU with this thread layout."""
     with tempfile.TemporaryDirectory(prefix="nlpsuite-gemm-") as folder:
@@ -137,7 +118,9 @@ def gemm_seconds(k: int, n: int, rows: int, integer: bool, threads: int, concurr
         session = create_session(path, "cpu", threads).session
         x = (np.random.default_rng(1).integers(0, 256, (rows, k), dtype=np.uint8) if integer
              else np.random.default_rng(1).standard_normal((rows, k)).astype(np.float32))
-        return _seconds_per_call(lambda: session.run(None, {"x": x}), concurrent, seconds)
+        # One "text" per call: measure_rate's rate is calls per second over all concurrent callers.
+        calls_per_s, _ = measure_rate(lambda _: session.run(None, {"x": x}), [""], 1, seconds, concurrent)
+        return 1.0 / calls_per_s
 
 
 def measure(path: Path, variant: str, batch: int, tokens: int, threads: int, concurrent: int,
