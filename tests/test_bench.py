@@ -132,7 +132,6 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
     assert bare["variant"] == "int8" and {p["batch"] for p in bare["points"]} == {1, 8}
     assert bare["best"]["texts_per_s"] == max(p["texts_per_s"] for p in bare["points"])
     assert all(_finite_positive(lat["p50_ms"]) for lat in bare["single_text"].values())
-    assert _finite_positive(result["bare_limit_texts_per_s"])
     gemm = bare["gemm"]
     assert gemm["variant"] == "int8" and gemm["weight_gemm"] == "MatMulInteger u8 x s8"
     assert _finite_positive(gemm["weight_gops"]) and _finite_positive(gemm["fp32_gops"])
@@ -151,9 +150,21 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
     assert rec["cold"]["n"] == 3 and rec["warm"]["n"] == 5 and rec["candidates"] == 100
     assert rec["speedup_p50"] == pytest.approx(rec["cold"]["p50_ms"] / rec["warm"]["p50_ms"], rel=0.01)
 
+    # The ratios come from the head-to-head round: each contender at its best concurrency of the sweep, again.
+    h2h = result["head_to_head"]
+    (round_,) = h2h["rounds"]
+    fp32 = max(("torch-fp32", "torch-fp32-batched"), key=lambda n: max(lv["texts_per_s"] for lv in servers[n]["levels"]))
+    assert h2h["concurrency"] == {n: max(servers[n]["levels"], key=lambda lv: lv["texts_per_s"])["concurrency"]
+                                  for n in ("service", "torch-best-batched", fp32)}
+    assert all(_finite_positive(v) for v in [round_["bare_texts_per_s"], round_["bare_single_text_p50_ms"],
+                                             round_["service_c1_p50_ms"], *round_["servers"].values()])
     ratios = result["ratios"]
-    service_best = max(lv["texts_per_s"] for lv in servers["service"]["levels"])
-    assert ratios["service_vs_bare_limit"] == pytest.approx(service_best / result["bare_limit_texts_per_s"], rel=0.01)
+    assert ratios["service_vs_bare_limit"] == pytest.approx(
+        round_["servers"]["service"] / round_["bare_texts_per_s"], rel=0.01)
+    assert ratios["service_vs_torch_fp32_server"] == pytest.approx(
+        round_["servers"]["service"] / round_["servers"][fp32], rel=0.01)
+    assert ratios["service_c1_p50_vs_bare_single_text_p50"] == pytest.approx(
+        round_["service_c1_p50_ms"] / round_["bare_single_text_p50_ms"], rel=0.01)
     assert len(result["checks"]) == 5 and all(isinstance(c["passed"], bool) for c in result["checks"])
 
     for folder in (out, docs):
@@ -161,4 +172,4 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
         text = (folder / "benchmark.md").read_text()
         assert "## Acceptance" in text and "![throughput" in text and "our service" in text
-        assert "GEMM-only limit" in text
+        assert "GEMM-only limit" in text and "## Head to head" in text

@@ -73,13 +73,12 @@ def markdown(result: BenchResult, command: str) -> str:
         probe = f"{_f(s.probe.p50_ms, 2)} / {_f(s.probe.p99_ms, 2)}" if s.probe else "n/a"
         settings = ", ".join(f"{k} {v}" for k, v in s.settings.items())
         lines.append(f"| {s.label} | {s.variant} on {s.provider}; {settings} | {_f(s.peak_rss_mb, 0)} | {probe} |")
+    lines += head_to_head_lines(result)
     b = result.bare
     lines += ["", "## Bare runtime (in-process, no server)", "",
-              f"{b.variant} on {b.provider}; peak memory {_f(b.peak_rss_mb, 0)} MB. The limit used in the ratios is "
-              f"the mean of the best point before the served runs and the same point measured again after the "
-              f"service run: **{_f(result.bare_limit_texts_per_s)} texts/s**"
-              + (f" (before {_f(b.best.texts_per_s)}, after {_f(result.bare_recheck.texts_per_s)})."
-                 if result.bare_recheck else "."), "",
+              f"{b.variant} on {b.provider}; peak memory {_f(b.peak_rss_mb, 0)} MB. The best point of this sweep is "
+              f"measured again in each head-to-head round; the limit in the ratios is the median of those: "
+              f"**{_f(result.bare_limit_texts_per_s)} texts/s**.", "",
               "| batch | ORT threads | concurrent runs | texts/s | CPU (cores) | padding waste |",
               "|---:|---:|---:|---:|---:|---:|"]
     for p in sorted(b.points, key=lambda p: (p.threads, p.concurrent, p.batch)):
@@ -138,7 +137,7 @@ def chart(result: BenchResult, path: Path) -> None:
         ax_l.plot(xs, [math.nan if lv.latency.p99_ms is None else lv.latency.p99_ms for lv in s.levels], color=color,
                   marker=marker, lw=width, label=s.label)
     ax_t.axhline(result.bare_limit_texts_per_s, color="black", ls="--", lw=1.5,
-                 label=f"bare ONNX Runtime limit ({result.bare.variant}, in-process)")
+                 label=f"bare ONNX Runtime limit ({result.bare.variant}, in-process; head-to-head median)")
     single = min((lat for lat in result.bare.single_text.values() if lat.p50_ms is not None),
                  key=lambda lat: lat.p50_ms, default=None)
     if single is not None:
@@ -183,6 +182,27 @@ def gemm_lines(result: BenchResult) -> list[str]:
             f"({g.bare_texts_per_s:.1f} texts/s) reaches {g.fraction_of_limit:.0%} of it; GEMMs are {g.gemm_share:.0%} of its kernel time [{isa}]"]
 
 
+def head_to_head_lines(result: BenchResult) -> list[str]:
+    h = result.head_to_head
+    labels = {s.name: s.label for s in result.servers}
+    names = list(h.concurrency)
+    lines = ["", "## Head to head (what the ratios come from)", "",
+             f"After the sweeps, each contender's best point again, all in one alternating sequence per round: the bare "
+             f"runtime ({h.bare_point}; then single texts on {h.latency_threads} ORT thread"
+             f"{'s' if h.latency_threads > 1 else ''}), then each server at its best concurrency (the service also "
+             f"answers one text at a time on the ~32-token probe texts). A shared host drifts by tens of percent "
+             f"within minutes; this way the drift falls on every contender alike. The ratios and checks use the "
+             f"median over the rounds.", "",
+             "| round | bare texts/s | " + " | ".join(f"{labels[n]} (c={h.concurrency[n]}) texts/s" for n in names)
+             + " | bare single text p50 ms | service c=1 p50 ms |", "|---:|---:|" + "---:|" * (len(names) + 2)]
+    for i, r in enumerate(h.rounds, 1):
+        lines.append(f"| {i} | {_f(r.bare_texts_per_s)} | " + " | ".join(_f(r.servers[n]) for n in names)
+                     + f" | {_f(r.bare_single_text_p50_ms, 2)} | {_f(r.service_c1_p50_ms, 2)} |")
+    lines.append(f"| **median** | **{_f(h.bare)}** | " + " | ".join(f"**{_f(h.server(n))}**" for n in names)
+                 + f" | **{_f(h.bare_single_text_p50_ms, 2)}** | **{_f(h.service_c1_p50_ms, 2)}** |")
+    return lines
+
+
 def console(result: BenchResult) -> str:
     isa = _isa(result)
     lines = ["", f"== servers at saturation (best concurrency), {isa} =="]
@@ -190,9 +210,18 @@ def console(result: BenchResult) -> str:
         best = s.best
         lines.append(f"  {s.label:44s} {best.texts_per_s:8.1f} texts/s at c={best.concurrency:<3d} "
                      f"p99 {_f(best.latency.p99_ms):>8s} ms  peak {s.peak_rss_mb:6.0f} MB [{isa}]")
-    lines.append(f"  {'bare ONNX Runtime limit (in-process)':44s} {result.bare_limit_texts_per_s:8.1f} texts/s "
+    lines.append(f"  {'bare ONNX Runtime limit (in-process)':44s} {result.bare.best.texts_per_s:8.1f} texts/s "
                  f"(batch {result.bare.best.batch}, {result.bare.best.threads} threads x "
                  f"{result.bare.best.concurrent} runs) [{isa}]")
+    h = result.head_to_head
+    lines.append(f"== head to head, median of {len(h.rounds)} alternating round{'s' if len(h.rounds) > 1 else ''} "
+                 f"(the ratios use these), {isa} ==")
+    lines.append(f"  {'bare ONNX Runtime limit':44s} {h.bare:8.1f} texts/s; single text p50 "
+                 f"{_f(h.bare_single_text_p50_ms, 2)} ms [{isa}]")
+    labels = {s.name: s.label for s in result.servers}
+    for name, concurrency in h.concurrency.items():
+        c1 = f"; c=1 p50 {_f(h.service_c1_p50_ms, 2)} ms" if name == "service" else ""
+        lines.append(f"  {labels[name]:44s} {h.server(name):8.1f} texts/s at c={concurrency}{c1} [{isa}]")
     lines += gemm_lines(result)
     lines.append(f"== acceptance ({isa}) ==")
     for c in result.checks:

@@ -1,20 +1,23 @@
 """The order of one `nlpsuite bench` run, and its two profiles (full and --quick)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from nlpsuite.bench.bare import BarePoint, BareResult, BareSpec
+from nlpsuite.bench.bare import BareResult, BareSpec
 from nlpsuite.bench.load import LoadResult, LoadSpec
 from nlpsuite.bench.peers import PeerSpec
 from nlpsuite.bench.procs import Child, cores, free_port, peak_rss_mb, python_module, wait_serving
 from nlpsuite.bench.recommend import run_recommend
-from nlpsuite.bench.results import BenchResult, Meta, ServerRun
+from nlpsuite.bench.results import FP32_SERVERS, BenchResult, HeadToHead, Meta, Round, ServerRun
 from nlpsuite.bench.texts import TextSet, make_textset
 from nlpsuite.bench.torch_models import SelectResult, SelectSpec, require_torch
 from nlpsuite.shared.host import cpu, isa
@@ -41,16 +44,20 @@ class Profile(BaseModel):
     agreement_texts: int
     recommend_cold: int
     recommend_warm: int
+    rounds: int  # head-to-head rounds the ratios come from (medians)
+    round_latency_requests: int  # per round: bare single texts, and the service's concurrency-1 probe
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
                peer_probe_requests=100, bare_batches=[1, 8, 16, 32, 64], bare_seconds=2.0,
                gemm_seconds=1.0, latency_requests=300,
-               torch_batch=32, torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50)
+               torch_batch=32, torch_seconds=3.0, agreement_texts=64, recommend_cold=20, recommend_warm=50,
+               rounds=3, round_latency_requests=200)
 QUICK = Profile(texts=64, probe_texts=16, levels=[1, 8], warmup_s=0.3, seconds=1.0, probe_requests=20,
                 peer_probe_requests=20, bare_batches=[1, 8], bare_seconds=0.5,
                 gemm_seconds=0.2, latency_requests=20, torch_batch=8,
-                torch_seconds=0.5, agreement_texts=16, recommend_cold=3, recommend_warm=5)
+                torch_seconds=0.5, agreement_texts=16, recommend_cold=3, recommend_warm=5,
+                rounds=1, round_latency_requests=10)
 
 
 class BenchConfig(BaseModel):
@@ -136,6 +143,8 @@ class _Runner:
         self.logs = config.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.started = started
+        # name -> how to start that server again (the argument names its child process and log)
+        self._starters: dict[str, Callable[[str], contextlib.AbstractContextManager[_Started]]] = {}
 
     def log(self, message: str) -> None:
         _log(self.started, message)
@@ -154,52 +163,47 @@ class _Runner:
         return SelectResult.model_validate_json(self._child_json("torch-select", "nlpsuite.bench.torch_models",
                                                                  spec, 900))
 
-    def bare(self, name: str, batches: list[int], layouts: list[tuple[int, int]], latency: bool) -> BareResult:
-        p, c = self.profile, self.config
+    def bare(self, name: str, batches: list[int], layouts: list[tuple[int, int]], latency_threads: list[int],
+             latency_requests: int, seconds: float, gemm: bool = False) -> BareResult:
+        c = self.config
         spec = BareSpec(repository=c.repository, model=c.model, version=self.version.manifest.version,
                         provider=c.provider, texts=self.texts.texts, probe=self.texts.probe, batches=batches,
-                        layouts=layouts, seconds=p.bare_seconds,
-                        latency_threads=sorted({1, cores()}) if latency else [], latency_requests=p.latency_requests,
-                        gemm_seconds=p.gemm_seconds if latency else 0.0)
+                        layouts=layouts, seconds=seconds, latency_threads=latency_threads,
+                        latency_requests=latency_requests, gemm_seconds=self.profile.gemm_seconds if gemm else 0.0)
         return BareResult.model_validate_json(self._child_json(name, "nlpsuite.bench.bare", spec, 900))
 
-    def drive(self, name: str, server: Child, port: int, metrics_port: int, probe_requests: int) -> LoadResult:
+    def drive(self, name: str, server: _Started, levels: list[int], probe_requests: int) -> LoadResult:
         p = self.profile
-        spec = LoadSpec(target=f"127.0.0.1:{port}", server_pid=server.pid,
-                        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", texts=self.texts.texts,
-                        mean_tokens=self.texts.mean_tokens, levels=p.levels, warmup_s=p.warmup_s, seconds=p.seconds,
+        spec = LoadSpec(target=server.target, server_pid=server.child.pid,
+                        metrics_url=f"http://127.0.0.1:{server.metrics_port}/metrics", texts=self.texts.texts,
+                        mean_tokens=self.texts.mean_tokens, levels=levels, warmup_s=p.warmup_s, seconds=p.seconds,
                         probe=self.texts.probe, probe_requests=probe_requests)
-        budget = len(p.levels) * (p.warmup_s + p.seconds + 130) + probe_requests * 2 + 60
+        budget = len(levels) * (p.warmup_s + p.seconds + 130) + probe_requests * 2 + 60
         return LoadResult.model_validate_json(self._child_json(f"load-{name}", "nlpsuite.bench.load", spec, budget))
 
-    def service(self) -> ServerRun:
+    # -- servers: each started the same way for its sweep and again for the head-to-head ----------------------
+    def _service_config(self, name: str) -> tuple[Path, int, int]:
         c = self.config
         port, metrics_port = free_port(), free_port()
-        config = self.logs / "sentiment.yaml"
+        config = self.logs / f"{name}.yaml"
         config.write_text(
             f"log_level: WARNING\nsentiment:\n  host: 127.0.0.1\n  port: {port}\n  metrics_port: {metrics_port}\n"
             f"  model:\n    name: {c.model}\n    repository: {c.repository.resolve()}\n"
             f"    version: '{self.version.manifest.version}'\n    provider: {c.provider}\n")
-        child = Child("sentiment-service", python_module("nlpsuite.cli", "serve", "sentiment", "--config", str(config)),
-                      self.logs)
+        return config, port, metrics_port
+
+    @contextlib.contextmanager
+    def _service(self, name: str = "sentiment-service") -> Iterator[_Started]:
+        config, port, metrics_port = self._service_config(name)
+        child = Child(name, python_module("nlpsuite.cli", "serve", "sentiment", "--config", str(config)), self.logs)
         try:
             wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
-            info = _model_info(f"127.0.0.1:{port}")
-            load = self.drive("service", child, port, metrics_port, self.profile.probe_requests)
-            peak = peak_rss_mb(child.pid)
+            yield _Started(child, port, metrics_port, _model_info(f"127.0.0.1:{port}"), config)
         finally:
             child.stop()
-        from nlpsuite.shared.config import load_settings
 
-        s = load_settings(config).sentiment
-        settings = {"workers": s.batch.workers, "ORT threads": s.model.intra_threads,
-                    "max batch": s.batch.limits(info.provider != "CPUExecutionProvider")[0],
-                    "max delay ms": s.batch.max_delay_ms}
-        return ServerRun(name="service", label="our service (nlpsuite serve sentiment)", kind="service",
-                         settings=settings, variant=info.variant, provider=info.provider, levels=load.levels,
-                         probe=load.probe, peak_rss_mb=round(peak, 1))
-
-    def peer(self, name: str, label: str, setting: str, mode: str, threads: int, workers: int) -> ServerRun:
+    @contextlib.contextmanager
+    def _peer(self, name: str, setting: str, mode: str, threads: int, workers: int) -> Iterator[_Started]:
         port, metrics_port = free_port(), free_port()
         m = self.version.manifest
         spec = PeerSpec(checkpoint=self.checkpoint, max_length=m.max_length, model_name=m.name,
@@ -210,16 +214,88 @@ class _Runner:
         child = Child(name, python_module("nlpsuite.bench.peers", str(spec_path)), self.logs)
         try:
             wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
-            info = _model_info(f"127.0.0.1:{port}")
-            load = self.drive(name, child, port, metrics_port, self.profile.peer_probe_requests)
-            peak = peak_rss_mb(child.pid)
+            yield _Started(child, port, metrics_port, _model_info(f"127.0.0.1:{port}"), spec_path)
         finally:
             child.stop()
+
+    def service(self) -> ServerRun:
+        self._starters["service"] = self._service
+        with self._service() as server:
+            load = self.drive("service", server, self.profile.levels, self.profile.probe_requests)
+            peak = peak_rss_mb(server.child.pid)
+        from nlpsuite.shared.config import load_settings
+
+        s = load_settings(server.config).sentiment
+        info = server.info
+        settings = {"workers": s.batch.workers, "ORT threads": s.model.intra_threads,
+                    "max batch": s.batch.limits(info.provider != "CPUExecutionProvider")[0],
+                    "max delay ms": s.batch.max_delay_ms}
+        return ServerRun(name="service", label="our service (nlpsuite serve sentiment)", kind="service",
+                         settings=settings, variant=info.variant, provider=info.provider, levels=load.levels,
+                         probe=load.probe, peak_rss_mb=round(peak, 1))
+
+    def peer(self, name: str, label: str, setting: str, mode: str, threads: int, workers: int) -> ServerRun:
+        def start(child_name: str) -> contextlib.AbstractContextManager[_Started]:
+            return self._peer(child_name, setting, mode, threads, workers)
+
+        self._starters[name] = start
+        with start(name) as server:
+            load = self.drive(name, server, self.profile.levels, self.profile.peer_probe_requests)
+            peak = peak_rss_mb(server.child.pid)
         settings = {"mode": mode, "torch threads": threads, "concurrent model calls": workers}
         if mode == "batched":
+            spec = PeerSpec.model_validate_json(server.config.read_text())
             settings |= {"max batch": spec.max_batch_size, "max delay ms": spec.max_delay_ms}
-        return ServerRun(name=name, label=label, kind="peer", settings=settings, variant=info.variant,
-                         provider=info.provider, levels=load.levels, probe=load.probe, peak_rss_mb=round(peak, 1))
+        return ServerRun(name=name, label=label, kind="peer", settings=settings, variant=server.info.variant,
+                         provider=server.info.provider, levels=load.levels, probe=load.probe,
+                         peak_rss_mb=round(peak, 1))
+
+    def head_to_head(self, bare: BareResult, servers: list[ServerRun]) -> HeadToHead:
+        """The bare limit's best point and each contender at its best concurrency, again, in alternating rounds.
+
+        The contenders are our service, the faster PyTorch FP32 server and the best-setting PyTorch server, all
+        running at once (idle but for their own window). Each round also times single texts on the bare runtime
+        and the service's concurrency-1 probe, back to back."""
+        p = self.profile
+        fp32 = max((s for s in servers if s.name in FP32_SERVERS), key=lambda s: s.best.texts_per_s)
+        contenders = [s for s in servers if s.name in ("service", "torch-best-batched")] + [fp32]
+        best = bare.best
+        latency_threads = min(bare.single_text, key=lambda t: bare.single_text[t].p50_ms or float("inf"))
+        rounds = []
+        with contextlib.ExitStack() as stack:
+            started = {s.name: stack.enter_context(self._starters[s.name](f"{s.name}-h2h")) for s in contenders}
+            for r in range(p.rounds):
+                point = self.bare(f"bare-h2h-{r}", [best.batch], [(best.threads, best.concurrent)],
+                                  [latency_threads], p.round_latency_requests, p.seconds)
+                rates, c1 = {}, None
+                for s in contenders:
+                    is_service = s.name == "service"
+                    load = self.drive(f"{s.name}-h2h-{r}", started[s.name], [s.best.concurrency],
+                                      p.round_latency_requests if is_service else 0)
+                    rates[s.name] = load.levels[0].texts_per_s
+                    if is_service and load.probe is not None:
+                        c1 = load.probe.p50_ms
+                rounds.append(Round(bare_texts_per_s=point.best.texts_per_s,
+                                    bare_single_text_p50_ms=point.single_text[latency_threads].p50_ms,
+                                    servers=rates, service_c1_p50_ms=c1))
+                self.log(f"round {r + 1}/{p.rounds}: bare {point.best.texts_per_s:.1f} texts/s, "
+                         + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()))
+        return HeadToHead(concurrency={s.name: s.best.concurrency for s in contenders},
+                          bare_point=f"batch {best.batch}, {best.threads} threads x {best.concurrent} runs",
+                          latency_threads=latency_threads, rounds=rounds)
+
+
+@dataclass(frozen=True)
+class _Started:
+    child: Child
+    port: int
+    metrics_port: int
+    info: object  # common_pb2.ModelInfo
+    config: Path  # the server's config (service) or spec (peer) file
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 def _model_info(target: str):
@@ -257,13 +333,11 @@ def run_bench(config: BenchConfig) -> BenchResult:
     runner.log(f"best PyTorch setting: {best.setting}, {best.threads} threads x {best.concurrent} calls "
                f"({best.texts_per_s:.1f} texts/s)")
     runner.log("bare runtime sweep, in-process")
-    bare = runner.bare("bare", p.bare_batches, _layouts(n), latency=True)
+    bare = runner.bare("bare", p.bare_batches, _layouts(n), sorted({1, n}), p.latency_requests, p.bare_seconds,
+                       gemm=True)
     runner.log(f"bare limit: {bare.best.texts_per_s:.1f} texts/s at batch {bare.best.batch}")
     runner.log("our service")
     servers = [runner.service()]
-    recheck: BarePoint = runner.bare("bare-recheck", [bare.best.batch], [(bare.best.threads, bare.best.concurrent)],
-                                     latency=False).best
-    runner.log(f"bare limit again: {recheck.texts_per_s:.1f} texts/s")
     runner.log("PyTorch FP32 server, one model call per request")
     servers.append(runner.peer("torch-fp32", "PyTorch FP32 server, per request", "fp32", "per-request", 1, n))
     runner.log("PyTorch FP32 server, batched")
@@ -271,6 +345,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     runner.log(f"PyTorch best-setting server ({best.setting}), batched")
     servers.append(runner.peer("torch-best-batched", f"PyTorch {best.setting} server, batched", best.setting,
                                "batched", best.threads, best.concurrent))
+    runner.log(f"head to head: the bare limit and each contender at its best concurrency, {p.rounds} alternating "
+               f"round{'s' if p.rounds > 1 else ''}")
+    h2h = runner.head_to_head(bare, servers)
     rec = None
     if config.embedder:
         runner.log("recommend: warm vs cold item cache")
@@ -280,9 +357,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 quick=config.quick, host=_host(), load_avg_start=round(load_start, 2),
                 load_avg_end=round(os.getloadavg()[0], 2), libraries=_libraries(),
                 model=f"{version.manifest.name} v{version.manifest.version}", texts=texts.summary())
-    result = BenchResult(meta=meta, torch_select=select, bare=bare, bare_recheck=recheck,
-                         bare_limit_texts_per_s=round((bare.best.texts_per_s + recheck.texts_per_s) / 2, 2),
-                         servers=servers, recommend=rec)
+    result = BenchResult(meta=meta, torch_select=select, bare=bare, servers=servers, head_to_head=h2h,
+                         recommend=rec)
     result.evaluate()
     return result
 
