@@ -154,8 +154,8 @@ def test_bench_quick_end_to_end(bench_repository, tmp_path):
     h2h = result["head_to_head"]
     (round_,) = h2h["rounds"]
     fp32 = max(("torch-fp32", "torch-fp32-batched"), key=lambda n: max(lv["texts_per_s"] for lv in servers[n]["levels"]))
-    assert h2h["concurrency"] == {n: max(servers[n]["levels"], key=lambda lv: lv["texts_per_s"])["concurrency"]
-                                  for n in ("service", "torch-best-batched", fp32)}
+    assert h2h["contenders"] == ["service", "torch-best-batched", fp32] and h2h["levels"] == [8]
+    assert round_["concurrency"] == {n: 8 for n in h2h["contenders"]}
     assert all(_finite_positive(v) for v in [round_["bare_texts_per_s"], round_["bare_single_text_p50_ms"],
                                              round_["service_c1_p50_ms"], *round_["servers"].values()])
     ratios = result["ratios"]

@@ -46,25 +46,35 @@ class ServerRun(BaseModel):
 
 
 class Round(BaseModel):
-    """One head-to-head round: the bare limit's best point, then each contender at its best concurrency."""
+    """One head-to-head round: the bare limit, then each contender, each at the better of its two best points."""
 
     bare_texts_per_s: float
+    bare_point: str  # the point that gave it
     bare_single_text_p50_ms: float | None  # at the thread count whose p50 was lowest in the sweep
     servers: dict[str, float]  # server name -> texts/s
+    concurrency: dict[str, int]  # server name -> the concurrency that gave it
     service_c1_p50_ms: float | None  # concurrency 1 on ~32-token texts
 
 
 class HeadToHead(BaseModel):
-    """The figures the ratios come from: each contender's best point measured again in alternating rounds, so a
-    shared host's drift (often 20-30 % over a minute) falls on all of them alike; the median of the rounds counts."""
+    """The figures the ratios come from: each contender's best point measured again in short alternating rounds.
 
-    concurrency: dict[str, int]  # server name -> the concurrency it was driven at (its best in the sweep)
-    bare_point: str  # e.g. "batch 1, 1 threads x 2 runs"
+    A shared host's speed drifts by tens of percent within a minute, so a ratio is taken within each round (between
+    windows seconds apart) and the median over the rounds counts."""
+
+    contenders: list[str]  # server names
+    levels: list[int]  # the concurrencies each server is driven at in every round
+    bare_points: list[str]  # the bare points tried in every round, e.g. "batch 1, 1 threads x 2 runs"
     latency_threads: int
     rounds: list[Round]
 
     def server(self, name: str) -> float:
         return statistics.median(r.servers[name] for r in self.rounds)
+
+    def ratio(self, name: str, to: str | None = None) -> float:
+        """Median over the rounds of server `name`'s texts/s over server `to`'s (None: over the bare limit's)."""
+        return statistics.median(r.servers[name] / (r.bare_texts_per_s if to is None else r.servers[to])
+                                 for r in self.rounds)
 
     @property
     def bare(self) -> float:
@@ -111,15 +121,13 @@ class BenchResult(BaseModel):
     def evaluate(self) -> None:
         """Fill ratios and checks (the issue's acceptance lines) from the measurements."""
         h = self.head_to_head
-        service = h.server("service")
-        fp32 = h.server(next(name for name in h.concurrency if name in FP32_SERVERS))
-        best_torch = h.server("torch-best-batched")
+        fp32 = next(name for name in h.contenders if name in FP32_SERVERS)
         self.ratios = {
-            "service_vs_torch_fp32_server": round(service / fp32, 3),
-            "service_vs_best_torch_server": round(service / best_torch, 3),
-            "service_vs_bare_limit": round(service / h.bare, 3),
-            "best_torch_vs_torch_fp32_server": round(best_torch / fp32, 3),
-            "bare_limit_vs_torch_fp32_server": round(h.bare / fp32, 3),
+            "service_vs_torch_fp32_server": round(h.ratio("service", fp32), 3),
+            "service_vs_best_torch_server": round(h.ratio("service", "torch-best-batched"), 3),
+            "service_vs_bare_limit": round(h.ratio("service"), 3),
+            "best_torch_vs_torch_fp32_server": round(h.ratio("torch-best-batched", fp32), 3),
+            "bare_limit_vs_torch_fp32_server": round(1 / h.ratio(fp32), 3),
         }
         mix = self.meta.texts["mix"]
         suffix = "" if mix == ACCEPTANCE_MIX else f" (on the {mix} mix; the target is set on the medium mix)"
