@@ -4,7 +4,14 @@ Requests queue as tokenized texts. A batch forms when a worker is free: it start
 text and adds the texts closest to it in length (less padding) while the batch stays within `max_batch_size`
 texts and `max_batch_tokens` padded tokens. If the batch is not full, it waits up to `max_delay` (counted
 from the oldest text's arrival) for company. Texts whose deadline has passed, or whose caller went away, are
-dropped before they cost compute. The model runs on a worker thread, so the event loop stays free; a batch that
+dropped before they cost compute (and counted: `on_drop`).
+
+Two priority lanes: `interactive` (a person waits) and `bulk` (back-fills, the news monitor's bursts). A free worker
+forms its batch from the interactive lane whenever interactive texts wait, and from the bulk lane when none do, so
+bulk work takes the capacity interactive work leaves. While both lanes wait, bulk still gets `bulk_share` of the
+batches, so it is never starved. A running batch cannot be interrupted, so bulk batches have their own, smaller
+token budget (`bulk_batch_tokens`): it bounds how long an interactive text waits behind bulk work. Each lane has its
+own queue capacity and deadline-based shedding: a full bulk lane never refuses interactive work. The model runs on a worker thread, so the event loop stays free; a batch that
 starts while no other batch in the process runs, of this model or another (chat runs two models per message, `serve
 all` three services), is told so (`alone`), and may use more threads. Given `pin_cores`, worker thread i
 stays on core i: with two one-thread workers on two cores that gave about 4 % more texts per second than letting them
@@ -22,12 +29,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[list[int]], bool], np.ndarray]  # (token ids, alone: no other batch is running)
+Lane = Literal["interactive", "bulk"]
+LANES: tuple[Lane, ...] = get_args(Lane)
 
 
 class _Running:
@@ -66,11 +76,73 @@ class _Item:
     ids: list[int]
     enqueued: float
     deadline: float | None
+    lane: Lane
     future: asyncio.Future = field(repr=False)
 
     @property
     def length(self) -> int:
         return len(self.ids)
+
+
+class _Queue:
+    """One lane's waiting texts in two views: by arrival (a dict keeps insertion order) and sorted by (length, seq)."""
+
+    def __init__(self) -> None:
+        self.by_arrival: dict[int, _Item] = {}
+        self.by_length: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.by_arrival)
+
+    def add(self, item: _Item) -> None:
+        self.by_arrival[item.seq] = item
+        bisect.insort(self.by_length, (item.length, item.seq))
+
+    def remove(self, item: _Item) -> bool:
+        """Take `item` out; False if it was not waiting here."""
+        if self.by_arrival.pop(item.seq, None) is None:
+            return False
+        index = bisect.bisect_left(self.by_length, (item.length, item.seq))
+        if index < len(self.by_length) and self.by_length[index] == (item.length, item.seq):
+            del self.by_length[index]
+        return True
+
+    def oldest(self) -> _Item:
+        return next(iter(self.by_arrival.values()))
+
+    def full(self, max_size: int, max_tokens: int) -> bool:
+        if len(self) >= max_size:
+            return True
+        longest = self.by_length[-1][0] if self.by_length else 0
+        return longest * len(self) >= max_tokens
+
+    def select(self, max_size: int, max_tokens: int) -> list[_Item]:
+        """The oldest text plus its nearest neighbours in length, within the size and token budgets."""
+        oldest = self.oldest()
+        pos = bisect.bisect_left(self.by_length, (oldest.length, oldest.seq))
+        lo, hi = pos, pos + 1  # chosen window [lo, hi) in the length-sorted list
+        longest = oldest.length
+        while hi - lo < max_size:
+            left = self.by_length[lo - 1] if lo > 0 else None
+            right = self.by_length[hi] if hi < len(self.by_length) else None
+            if left is None and right is None:
+                break
+            # Prefer the neighbour closer in length to the oldest text.
+            take_right = left is None or (right is not None and right[0] - oldest.length <= oldest.length - left[0])
+            candidate_len = right[0] if take_right else left[0]
+            new_longest = max(longest, candidate_len)
+            if new_longest * (hi - lo + 1) > max_tokens:
+                if take_right and left is not None and max(longest, left[0]) * (hi - lo + 1) <= max_tokens:
+                    take_right = False
+                    new_longest = max(longest, left[0])
+                else:
+                    break
+            longest = new_longest
+            if take_right:
+                hi += 1
+            else:
+                lo -= 1
+        return [self.by_arrival[seq] for _, seq in self.by_length[lo:hi]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +151,7 @@ class BatchStats:
     tokens: int  # padded tokens: size x longest
     real_tokens: int
     inference_s: float
+    lane: Lane
 
 
 class DynamicBatcher:
@@ -92,9 +165,12 @@ class DynamicBatcher:
         capacity: int = 1024,
         workers: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
-        on_depth: Callable[[int], None] | None = None,
+        on_depth: Callable[[Lane, int], None] | None = None,
+        on_drop: Callable[[Lane, str, int], None] | None = None,
         name: str = "model",
         pin_cores: Sequence[int] | None = None,
+        bulk_share: float = 0.1,
+        bulk_batch_tokens: int | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -104,12 +180,15 @@ class DynamicBatcher:
         self.workers = workers
         self._on_batch = on_batch
         self._on_depth = on_depth
+        self._on_drop = on_drop  # (lane, reason: "cancelled" | "expired", texts) for texts dropped unrun
         self.name = name
         self.pin_cores = list(pin_cores or [])
+        self.bulk_share = bulk_share
+        self.bulk_batch_tokens = bulk_batch_tokens or max_batch_tokens
         self._seq = itertools.count()
-        # Waiting texts in two views: by arrival (a dict keeps insertion order) and sorted by (length, seq).
-        self._by_arrival: dict[int, _Item] = {}
-        self._by_length: list[tuple[int, int]] = []
+        self._lanes: dict[Lane, _Queue] = {lane: _Queue() for lane in LANES}
+        self._contended = 0  # batches formed while both lanes had texts waiting
+        self._contended_bulk = 0  # of those, batches given to the bulk lane
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -143,10 +222,11 @@ class DynamicBatcher:
     async def stop(self) -> None:
         """Stop forming batches; texts still waiting fail with BatcherClosedError. Running batches finish."""
         self._closed = True
-        for item in list(self._by_arrival.values()):
-            self._remove(item)
-            if not item.future.done():
-                item.future.set_exception(BatcherClosedError("the server is shutting down"))
+        for queue in self._lanes.values():
+            for item in list(queue.by_arrival.values()):
+                queue.remove(item)
+                if not item.future.done():
+                    item.future.set_exception(BatcherClosedError("the server is shutting down"))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -161,55 +241,67 @@ class DynamicBatcher:
         A hot reload retires the replaced version's batcher this way: nothing new is queued on it by then.
         """
         end = time.monotonic() + timeout
-        while (self._by_arrival or self._running) and time.monotonic() < end:
+        while (self.depth or self._running) and time.monotonic() < end:
             await asyncio.sleep(0.005)
         await self.stop()
 
     @property
     def depth(self) -> int:
-        return len(self._by_arrival)
+        return sum(len(queue) for queue in self._lanes.values())
 
-    def expected_wait_s(self, extra: int = 0) -> float | None:
-        """Seconds until the queue and `extra` more texts would be through, at the measured rate (None: unknown)."""
+    def depth_of(self, lane: Lane) -> int:
+        return len(self._lanes[lane])
+
+    def _ahead_of(self, lane: Lane) -> int:
+        """Texts that run before a text queued now in `lane`: interactive work goes first."""
+        return self.depth_of("interactive") if lane == "interactive" else self.depth
+
+    def expected_wait_s(self, extra: int = 0, lane: Lane = "bulk") -> float | None:
+        """Seconds until the texts ahead in `lane` and `extra` more would be through, at the measured rate (None:
+        unknown). The default counts every lane."""
         if self._rated_batches < RATE_MIN_BATCHES or self._rate <= 0:
             return None
-        return (self.depth + extra) / (self._rate * self.workers)
+        return (self._ahead_of(lane) + extra) / (self._rate * self.workers)
 
     # -- submitting ------------------------------------------------------------------------------------
-    def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[asyncio.Future]:
-        """Queue texts (all or none: a full queue raises QueueFullError). `deadline` is time.monotonic()-based."""
-        self.admit(len(ids), deadline)
+    def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None,
+                    lane: Lane = "interactive") -> list[asyncio.Future]:
+        """Queue texts (all or none: a full lane raises QueueFullError). `deadline` is time.monotonic()-based."""
+        self.admit(len(ids), deadline, lane)
         now = time.monotonic()
         loop = asyncio.get_running_loop()
+        queue = self._lanes[lane]
         futures = []
         for seq_ids in ids:
-            item = _Item(next(self._seq), list(seq_ids), now, deadline, loop.create_future())
+            item = _Item(next(self._seq), list(seq_ids), now, deadline, lane, loop.create_future())
             item.future.add_done_callback(functools.partial(self._on_done, item))
-            self._by_arrival[item.seq] = item
-            bisect.insort(self._by_length, (item.length, item.seq))
+            queue.add(item)
             futures.append(item.future)
         self.submitted += len(futures)
-        self._depth_changed()
+        self._depth_changed(lane)
         assert self._wakeup is not None
         self._wakeup.set()
         return futures
 
-    def admit(self, n: int, deadline: float | None = None) -> None:
+    def admit(self, n: int, deadline: float | None = None, lane: Lane = "interactive") -> None:
         """Raise now if `n` more texts would be refused: callers check before paying for tokenization."""
         if self._closed:
             raise BatcherClosedError("the model is not loaded or is shutting down")
-        if self.depth + n > self.capacity:
-            raise QueueFullError(f"queue full ({self.depth} of {self.capacity} texts waiting)")
-        if deadline is not None and self.depth:
+        depth = self.depth_of(lane)
+        if depth + n > self.capacity:
+            raise QueueFullError(f"{lane} queue full ({depth} of {self.capacity} texts waiting)")
+        ahead = self._ahead_of(lane)
+        if deadline is not None and ahead:
             # Shed now what could only time out in the queue: the caller can retry elsewhere at once.
-            wait = self.expected_wait_s(n)
+            wait = self.expected_wait_s(n, lane)
             now = time.monotonic()
             if wait is not None and now + wait > deadline:
-                raise QueueFullError(f"{self.depth} texts waiting: expected wait {wait:.3f} s is beyond the "
-                                     f"deadline ({max(0.0, deadline - now):.3f} s left)")
+                raise QueueFullError(f"{ahead} texts ahead in the {lane} lane: expected wait {wait:.3f} s is beyond "
+                                     f"the deadline ({max(0.0, deadline - now):.3f} s left)")
 
-    async def submit(self, ids: Sequence[list[int]], deadline: float | None = None) -> list[ItemResult]:
-        futures = self.submit_many(ids, deadline)
+    async def submit(self, ids: Sequence[list[int]], deadline: float | None = None,
+                     lane: Lane = "interactive") -> list[ItemResult]:
+        futures = self.submit_many(ids, deadline, lane)
         try:
             if len(futures) == 1:  # the common case; gather() costs a wrapper future and callbacks
                 return [await futures[0]]
@@ -220,80 +312,65 @@ class DynamicBatcher:
             raise
 
     # -- batching --------------------------------------------------------------------------------------
-    def _remove(self, item: _Item) -> None:
-        self._by_arrival.pop(item.seq, None)
-        index = bisect.bisect_left(self._by_length, (item.length, item.seq))
-        if index < len(self._by_length) and self._by_length[index] == (item.length, item.seq):
-            del self._by_length[index]
-
     def _on_done(self, item: _Item, future: asyncio.Future) -> None:
         """A caller that went away takes its texts out of the queue at once (and out of the depth gauge)."""
-        if future.cancelled() and item.seq in self._by_arrival:
-            self._remove(item)
-            self._depth_changed()
+        if future.cancelled() and self._lanes[item.lane].remove(item):
+            self._dropped(item.lane, "cancelled", 1)
+            self._depth_changed(item.lane)
 
-    def _depth_changed(self) -> None:
+    def _depth_changed(self, lane: Lane) -> None:
         if self._on_depth is not None:
-            self._on_depth(self.depth)
+            self._on_depth(lane, self.depth_of(lane))
+
+    def _dropped(self, lane: Lane, reason: str, n: int) -> None:
+        if self._on_drop is not None and n:
+            self._on_drop(lane, reason, n)
 
     def _drop_dead(self) -> None:
         now = time.monotonic()
-        depth = self.depth
-        for item in list(self._by_arrival.values()):
-            if item.future.done():  # cancelled by its caller (and its done-callback has not run yet)
-                self._remove(item)
-            elif item.deadline is not None and item.deadline <= now:
-                self._remove(item)
-                item.future.set_exception(DeadlineExpiredError("deadline passed while queued"))
-        if self.depth != depth:
-            self._depth_changed()
+        for lane, queue in self._lanes.items():
+            cancelled = expired = 0
+            for item in list(queue.by_arrival.values()):
+                if item.future.done():  # cancelled by its caller (and its done-callback has not run yet)
+                    queue.remove(item)
+                    cancelled += 1
+                elif item.deadline is not None and item.deadline <= now:
+                    queue.remove(item)
+                    item.future.set_exception(DeadlineExpiredError("deadline passed while queued"))
+                    expired += 1
+            self._dropped(lane, "cancelled", cancelled)
+            self._dropped(lane, "expired", expired)
+            if cancelled or expired:
+                self._depth_changed(lane)
 
-    def _select(self) -> list[_Item]:
-        """The oldest text plus its nearest neighbours in length, within the size and token budgets."""
-        oldest = next(iter(self._by_arrival.values()))
-        pos = bisect.bisect_left(self._by_length, (oldest.length, oldest.seq))
-        lo, hi = pos, pos + 1  # chosen window [lo, hi) in the length-sorted list
-        longest = oldest.length
-        while hi - lo < self.max_batch_size:
-            left = self._by_length[lo - 1] if lo > 0 else None
-            right = self._by_length[hi] if hi < len(self._by_length) else None
-            if left is None and right is None:
-                break
-            # Prefer the neighbour closer in length to the oldest text.
-            take_right = left is None or (right is not None and right[0] - oldest.length <= oldest.length - left[0])
-            candidate_len = right[0] if take_right else left[0]
-            new_longest = max(longest, candidate_len)
-            if new_longest * (hi - lo + 1) > self.max_batch_tokens:
-                if take_right and left is not None and max(longest, left[0]) * (hi - lo + 1) <= self.max_batch_tokens:
-                    take_right = False
-                    new_longest = max(longest, left[0])
-                else:
-                    break
-            longest = new_longest
-            if take_right:
-                hi += 1
-            else:
-                lo -= 1
-        return [self._by_arrival[seq] for _, seq in self._by_length[lo:hi]]
+    def _tokens(self, lane: Lane) -> int:
+        return self.max_batch_tokens if lane == "interactive" else self.bulk_batch_tokens
 
-    def _full(self) -> bool:
-        if self.depth >= self.max_batch_size:
-            return True
-        longest = self._by_length[-1][0] if self._by_length else 0
-        return longest * self.depth >= self.max_batch_tokens
+    def _next_lane(self) -> Lane | None:
+        """Interactive first; while both lanes wait, bulk gets `bulk_share` of the batches; None: nothing waits."""
+        interactive, bulk = (len(self._lanes[lane]) > 0 for lane in LANES)
+        if not (interactive and bulk):
+            return "interactive" if interactive else ("bulk" if bulk else None)
+        self._contended += 1
+        if self._contended_bulk < self.bulk_share * self._contended:
+            self._contended_bulk += 1
+            return "bulk"
+        return "interactive"
 
     async def _worker(self, index: int) -> None:
         assert self._wakeup is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         while not self._closed:
             self._drop_dead()
-            if not self._by_arrival:
+            if not self.depth:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            oldest = next(iter(self._by_arrival.values()))
-            wait = oldest.enqueued + self.max_delay_s - time.monotonic()
-            if wait > 0 and not self._full():
+            # The delay for company applies to the lane that would run; an interactive text cuts it short.
+            ready = "interactive" if self.depth_of("interactive") else "bulk"
+            queue = self._lanes[ready]
+            wait = queue.oldest().enqueued + self.max_delay_s - time.monotonic()
+            if wait > 0 and not queue.full(self.max_batch_size, self._tokens(ready)):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
@@ -301,13 +378,15 @@ class DynamicBatcher:
                     pass
                 continue
             self._drop_dead()
-            if not self._by_arrival:
+            lane = self._next_lane()
+            if lane is None:
                 continue
-            batch = self._select()
+            queue = self._lanes[lane]
+            batch = queue.select(self.max_batch_size, self._tokens(lane))
             for item in batch:
-                self._remove(item)
-            self._depth_changed()
-            if self._by_arrival:
+                queue.remove(item)
+            self._depth_changed(lane)
+            if self.depth:
                 self._wakeup.set()  # let another free worker form the next batch
             await self._run(loop, batch)
 
@@ -341,7 +420,7 @@ class DynamicBatcher:
         longest = max(item.length for item in batch)
         if self._on_batch is not None:
             self._on_batch(BatchStats(len(batch), longest * len(batch), sum(i.length for i in batch),
-                                      finished - started))
+                                      finished - started, batch[0].lane))
         for row, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result(ItemResult(outputs[row], int((started - item.enqueued) * 1e6),

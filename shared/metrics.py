@@ -20,8 +20,15 @@ class Metrics:
                                     buckets=_SIZE_BUCKETS, registry=self.registry)
         self.batch_tokens = Histogram("nlpsuite_batch_tokens", "Padded tokens per model batch",
                                       ["service", "model"], buckets=_TOKEN_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("nlpsuite_queue_depth", "Texts waiting in the batcher", ["service", "model"],
-                                 registry=self.registry)
+        self.queue_depth = Gauge("nlpsuite_queue_depth", "Texts waiting in the batcher, by priority lane",
+                                 ["service", "model", "lane"], registry=self.registry)
+        self.texts_run = Counter("nlpsuite_texts_run", "Texts the model ran, by priority lane",
+                                 ["service", "model", "lane"], registry=self.registry)
+        self.response_cache = Counter("nlpsuite_response_cache", "Texts looked up in the response cache, by result "
+                                      "(hit, miss)", ["service", "model", "result"], registry=self.registry)
+        self.dropped_texts = Counter("nlpsuite_dropped_texts", "Texts taken out of the queue unrun: their call was "
+                                     "cancelled (reason cancelled) or their deadline passed while queued (expired)",
+                                     ["service", "model", "lane", "reason"], registry=self.registry)
         self.in_flight = Gauge("nlpsuite_in_flight", "Calls being handled now: unary calls from receipt to answer, "
                                "open streams", ["service", "method"], registry=self.registry)
         self.model_version = Gauge("nlpsuite_model_version_info", "1 for the model version serving now, by labels",

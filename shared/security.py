@@ -14,7 +14,9 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
+from nlpsuite.shared.batcher import Lane
 from nlpsuite.shared.config import AuthSettings, ClientTlsSettings, TlsSettings, read_file
+from nlpsuite.shared.priority import priority_metadata
 
 AUTH_HEADER = "authorization"
 SCHEME = "Bearer "
@@ -100,15 +102,15 @@ def channel_credentials(tls: ClientTlsSettings) -> grpc.ChannelCredentials:
                                         certificate_chain=read(tls.cert_file, "cert_file"))
 
 
-class _TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                     grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds the bearer token to every call of a synchronous channel."""
+class _CallMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                    grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds metadata pairs (the bearer token, the priority lane) to every call of a synchronous channel."""
 
-    def __init__(self, token: str) -> None:
-        self._pair = (AUTH_HEADER, SCHEME + token)
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), self._pair]
+        metadata = [*(details.metadata or ()), *self._pairs]
         return _CallDetails(details.method, details.timeout, metadata, details.credentials,
                             details.wait_for_ready, details.compression)
 
@@ -131,11 +133,9 @@ class _CallDetails(grpc.ClientCallDetails):
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
-def _aio_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
-    pair = (AUTH_HEADER, SCHEME + token)
-
+def _aio_interceptors(pairs: list[tuple[str, str]]) -> list[grpc.aio.ClientInterceptor]:
     def details(d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(d.metadata or ()), pair)
+        metadata = grpc.aio.Metadata(*(d.metadata or ()), *pairs)
         return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
 
     class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
@@ -158,17 +158,19 @@ def _aio_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 def open_channel(target: str, tls: ClientTlsSettings | None = None, token: str | SecretStr | None = None,
-                 options: Sequence[tuple[str, Any]] = (), aio: bool = False):
-    """A channel to `target`: TLS when `tls` is given (plaintext otherwise), the token on every call."""
+                 options: Sequence[tuple[str, Any]] = (), aio: bool = False, priority: Lane | None = None):
+    """A channel to `target`: TLS when `tls` is given (plaintext otherwise), the token and the priority lane (when
+    given) on every call."""
     secret = _secret(token)
+    pairs = ([(AUTH_HEADER, SCHEME + secret)] if secret else []) + ([priority_metadata(priority)] if priority else [])
     options = list(options)
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     if aio:
-        interceptors = _aio_interceptors(secret) if secret else None
+        interceptors = _aio_interceptors(pairs) if pairs else None
         if tls is None:
             return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
         return grpc.aio.secure_channel(target, channel_credentials(tls), options=options, interceptors=interceptors)
     channel = (grpc.insecure_channel(target, options=options) if tls is None
                else grpc.secure_channel(target, channel_credentials(tls), options=options))
-    return grpc.intercept_channel(channel, _TokenMetadata(secret)) if secret else channel
+    return grpc.intercept_channel(channel, _CallMetadata(pairs)) if pairs else channel

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import itertools
 import logging
 import time
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from nlpsuite.shared.batcher import (
-    BatcherClosedError, BatchStats, DeadlineExpiredError, DynamicBatcher, QueueFullError,
+    BatcherClosedError, BatchStats, DeadlineExpiredError, DynamicBatcher, Lane, QueueFullError,
 )
 from nlpsuite.shared.config import BatchSettings, ModelSettings
 from nlpsuite.shared.errors import DeadlineExceeded, InvalidArgument, Overloaded, Unavailable
+from nlpsuite.shared.lru import LruCache
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model import LoadedModel, open_model, softmax
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, Task
@@ -58,6 +60,11 @@ class Inference:
     model: common_pb2.ModelInfo  # the version that really ran these texts (it may change on hot reload)
 
 
+def cache_key(version: str, text: str) -> tuple[str, bytes]:
+    """Whitespace runs collapsed: the tokenizers split on whitespace, so such texts give the same ids."""
+    return version, hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=16).digest()
+
+
 @dataclass(frozen=True)
 class _Active:
     """The version serving now and its own batcher: a request is tokenized and run by one version only."""
@@ -88,6 +95,9 @@ class ServedModel:
         self._refused: dict[str, str] = {}  # version -> why it was refused
         self._watcher: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
+        # (version, text hash) -> (output row, truncated); None: off
+        self.cache: LruCache[tuple[str, bytes], tuple[np.ndarray, bool]] | None = (
+            LruCache(settings.response_cache) if settings.response_cache else None)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -225,8 +235,9 @@ class ServedModel:
         batcher = DynamicBatcher(
             functools.partial(self._run_batch, model), max_batch_size=max_batch, max_batch_tokens=max_batch_tokens,
             max_delay_s=b.max_delay_ms / 1000, capacity=b.queue_capacity,
-            workers=b.workers, on_batch=self._on_batch, on_depth=self._on_depth, name=name,
-            pin_cores=owned_cores() if b.pin_workers and not model.runtime.on_gpu else None,
+            workers=b.workers, on_batch=self._on_batch, on_depth=self._on_depth, on_drop=self._on_drop, name=name,
+            pin_cores=owned_cores() if b.pin_workers and not model.runtime.on_gpu else None, bulk_share=b.bulk_share,
+            bulk_batch_tokens=b.bulk_tokens(model.runtime.on_gpu),
         )
         await batcher.start()
         old, self._active = self._active, _Active(model, batcher)
@@ -303,10 +314,15 @@ class ServedModel:
         if self.metrics is not None:
             self.metrics.batch_size.labels(self.metrics.service, self.settings.name).observe(stats.size)
             self.metrics.batch_tokens.labels(self.metrics.service, self.settings.name).observe(stats.tokens)
+            self.metrics.texts_run.labels(self.metrics.service, self.settings.name, stats.lane).inc(stats.size)
 
-    def _on_depth(self, depth: int) -> None:
+    def _on_depth(self, lane: Lane, depth: int) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.labels(self.metrics.service, self.settings.name).set(depth)
+            self.metrics.queue_depth.labels(self.metrics.service, self.settings.name, lane).set(depth)
+
+    def _on_drop(self, lane: Lane, reason: str, texts: int) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped_texts.labels(self.metrics.service, self.settings.name, lane, reason).inc(texts)
 
     @staticmethod
     def _run_batch(model: LoadedModel, ids: list[list[int]], alone: bool) -> np.ndarray:
@@ -329,17 +345,45 @@ class ServedModel:
                 raise InvalidArgument(str(exc).replace("texts[", f"{self.field}[", 1)) from None
         return tokens.ids, tokens.truncated
 
-    async def infer(self, texts: Sequence[str], timing: Timing, deadline: float | None = None) -> Inference:
-        """Run texts through the batcher. `deadline` is time.monotonic()-based (None: no deadline)."""
+    async def infer(self, texts: Sequence[str], timing: Timing, deadline: float | None = None,
+                    lane: Lane = "interactive") -> Inference:
+        """Run texts through the batcher's `lane` (those in the response cache, if on, are answered from it).
+        `deadline` is time.monotonic()-based (None: no deadline)."""
         active = self._active  # one version for the whole request, even if a reload swaps meanwhile
         if active is None:
             raise Unavailable(f"model {self.settings.name} is not loaded")
+        if self.cache is None:
+            outputs, truncated = await self._run(active, texts, timing, deadline, lane)
+            return Inference(outputs=outputs, truncated=truncated, model=self._info(active.model))
+        version = active.model.manifest.version
+        keys = [cache_key(version, text) for text in texts]
+        found = [self.cache.get(key) for key in keys]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        self._count_cache(len(texts) - len(missing), len(missing))
+        if missing:
+            outputs, truncated = await self._run(active, [texts[i] for i in missing], timing, deadline, lane)
+            for row, i in enumerate(missing):
+                found[i] = entry = (outputs[row].copy(), truncated[row])  # a copy: the batch's array is not kept
+                entry[0].setflags(write=False)
+                self.cache.put(keys[i], entry)
+        rows = [hit for hit in found if hit is not None]
+        outputs = np.stack([row for row, _ in rows]) if rows else np.zeros((0, 0), np.float32)
+        return Inference(outputs=outputs, truncated=[flag for _, flag in rows], model=self._info(active.model))
+
+    def _count_cache(self, hits: int, misses: int) -> None:
+        if self.metrics is not None:
+            for result, n in (("hit", hits), ("miss", misses)):
+                if n:
+                    self.metrics.response_cache.labels(self.metrics.service, self.settings.name, result).inc(n)
+
+    async def _run(self, active: _Active, texts: Sequence[str], timing: Timing, deadline: float | None,
+                   lane: Lane) -> tuple[np.ndarray, list[bool]]:
         try:
-            active.batcher.admit(len(texts), deadline)  # shed before paying for tokenization
+            active.batcher.admit(len(texts), deadline, lane)  # shed before paying for tokenization
             t0 = time.perf_counter()
             ids, truncated = await run_cpu(text_chars(texts), self._tokenize, active.model, texts)
             timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
-            results = await active.batcher.submit(ids, deadline)
+            results = await active.batcher.submit(ids, deadline, lane)
         except QueueFullError as exc:
             raise Overloaded(f"{self.settings.name}: {exc}; retry later") from None
         except DeadlineExpiredError:
@@ -349,7 +393,7 @@ class ServedModel:
         timing.queue_us = max(timing.queue_us, max((r.queue_us for r in results), default=0))
         timing.inference_us = max(timing.inference_us, max((r.inference_us for r in results), default=0))
         outputs = np.stack([r.output for r in results]) if results else np.zeros((0, 0), np.float32)
-        return Inference(outputs=outputs, truncated=truncated, model=self._info(active.model))
+        return outputs, truncated
 
 
 def deadline_of(context) -> float | None:

@@ -223,3 +223,83 @@ def test_workers_are_pinned_to_their_own_cores_when_asked():
     expected = [{cores[0]}, {cores[1 % len(cores)]}]
     assert all(s in expected for s in seen) and any(s == expected[0] for s in seen)
     assert os.sched_getaffinity(0) == set(cores)  # the caller's own thread is never pinned
+
+
+# -- priority lanes ------------------------------------------------------------------------------------------------
+def test_interactive_texts_run_before_bulk_texts_queued_earlier():
+    rec = Recorder(delay=0.05)
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=4, max_batch_tokens=10_000, workers=1, bulk_share=0.0)
+        await batcher.start()
+        busy = batcher.submit_many([[1]], lane="bulk")  # occupies the one worker
+        await asyncio.sleep(0.01)
+        bulk = [batcher.submit([[100 + i]], lane="bulk") for i in range(8)]
+        interactive = [batcher.submit([[200 + i]]) for i in range(3)]
+        await asyncio.gather(*interactive, *bulk, busy[0])
+        await batcher.stop()
+
+    run(main())
+    order = [seq[0] for b in rec.batches for seq in b]
+    assert order[0] == 1 and sorted(order[1:4]) == [200, 201, 202], order
+    assert sorted(order[4:]) == list(range(100, 108)), "bulk ran once no interactive text waited"
+    assert all(len({seq[0] // 100 for seq in b}) == 1 for b in rec.batches), "a batch mixes lanes"
+
+
+def test_bulk_gets_its_share_while_interactive_work_never_stops():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=1, workers=1, bulk_share=0.25, capacity=10_000)
+        await batcher.start()
+        bulk = batcher.submit_many([[1]] * 300, lane="bulk")
+        interactive = batcher.submit_many([[2]] * 200)
+        await asyncio.gather(*bulk, *interactive)
+        await batcher.stop()
+
+    run(main())
+    lanes = [b[0][0] for b in rec.batches]
+    contended = lanes[: len(lanes) - lanes[::-1].index(2)]  # up to the last interactive batch: both lanes waited
+    # Bulk got its quarter of those batches (never starved), interactive the rest.
+    assert contended.count(2) == 200 and abs(contended.count(1) - 0.25 * len(contended)) <= 1, contended.count(1)
+
+
+def test_each_lane_has_its_own_capacity():
+    async def main():
+        batcher = DynamicBatcher(Recorder(delay=0.2), max_batch_size=1, workers=1, capacity=3)
+        await batcher.start()
+        busy = batcher.submit_many([[1]])
+        await asyncio.sleep(0.01)
+        batcher.submit_many([[2]] * 3, lane="bulk")
+        with pytest.raises(QueueFullError, match="bulk queue full"):
+            batcher.submit_many([[3]], lane="bulk")
+        queued = batcher.submit_many([[4]] * 3)  # a full bulk lane never refuses interactive work
+        assert batcher.depth_of("bulk") == 3 and batcher.depth_of("interactive") == 3
+        with pytest.raises(QueueFullError, match="interactive queue full"):
+            batcher.submit_many([[5]])
+        await asyncio.gather(busy[0], *queued)
+        await batcher.stop()
+
+    run(main())
+
+
+def test_dropped_texts_are_counted_by_lane_and_reason():
+    drops: list[tuple[str, str, int]] = []
+
+    async def main():
+        batcher = DynamicBatcher(Recorder(delay=0.1), max_batch_size=1, workers=1,
+                                 on_drop=lambda lane, reason, n: drops.append((lane, reason, n)))
+        await batcher.start()
+        busy = batcher.submit_many([[1]])
+        await asyncio.sleep(0.01)
+        cancelled = asyncio.create_task(batcher.submit([[2], [3]], lane="bulk"))
+        expiring = asyncio.create_task(batcher.submit([[4]], deadline=time.monotonic() + 0.02))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        with pytest.raises(DeadlineExpiredError):
+            await expiring
+        await busy[0]
+        await batcher.stop()
+
+    run(main())
+    assert sorted(drops) == [("bulk", "cancelled", 1), ("bulk", "cancelled", 1), ("interactive", "expired", 1)]

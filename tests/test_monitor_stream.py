@@ -38,8 +38,11 @@ def broker():
 
 @pytest.fixture(scope="module")
 def sentiment(sentiment_repository, tmp_path_factory):
+    metrics_port = free_port()
     proc = SentimentProcess(sentiment_repository, free_port(),
-                            log_file=tmp_path_factory.mktemp("logs") / "sentiment.log").start()
+                            log_file=tmp_path_factory.mktemp("logs") / "sentiment.log",
+                            env={"NLPSUITE_SENTIMENT__METRICS_PORT": str(metrics_port)}).start()
+    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     yield proc
     proc.stop()
 
@@ -93,8 +96,21 @@ def single_run(broker, sentiment):
     return topics, scored, alerts, monitor
 
 
-def test_replay_yields_one_alert_for_the_planted_company_and_scores_every_id(single_run):
+def texts_run_by_lane(url: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {s.labels["lane"]: s.value for f in text_string_to_metric_families(body) for s in f.samples
+            if s.name == "nlpsuite_texts_run_total"}
+
+
+def test_replay_yields_one_alert_for_the_planted_company_and_scores_every_id(single_run, sentiment):
     topics, scored, alerts, monitor = single_run
+    # The monitor's texts ride in the bulk lane: a news burst never delays a person's call.
+    lanes = texts_run_by_lane(sentiment.metrics_url)
+    assert lanes.get("bulk", 0) >= len(IDS) and lanes.get("interactive", 0) == 0, lanes
     assert scored_ids(scored) == IDS
     assert len(alerts) == 1, [(a["key_kind"], a["key"], a["negatives"]) for a in alerts]
     alert = alerts[0]

@@ -248,5 +248,5 @@ def test_serve_stops_at_start_when_a_named_file_is_missing_or_empty(monkeypatch,
 def test_client_tls_settings_need_cert_and_key_together(certs):
     with pytest.raises(ValueError, match="cert_file and key_file go together"):
         ClientTlsSettings(ca_file=certs.ca, cert_file=certs.client.cert)
-    with pytest.raises(ValueError, match="tls and token configure the client's own channel"):
+    with pytest.raises(ValueError, match="tls, token and priority configure the client's own channel"):
         SentimentClient("localhost:1", channel=grpc.insecure_channel("localhost:1"), token=TOKEN)

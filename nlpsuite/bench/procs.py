@@ -22,9 +22,18 @@ def cores() -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port that is none of the suite's default ports: a service's config must not clash with the other
+    services' defaults (shared.config.Settings checks them all)."""
+    from nlpsuite.shared.config import ChatSettings, RecommendSettings, SentimentSettings
+
+    reserved = {port for section in (SentimentSettings(), ChatSettings(), RecommendSettings())
+                for port in (section.port, section.metrics_port, section.health_port) if port}
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in reserved:
+            return port
 
 
 def cpu_seconds(pid: int) -> float:

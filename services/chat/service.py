@@ -17,9 +17,11 @@ from nlpsuite.services.chat.retrieval import Hit, RetrievalIndex
 from nlpsuite.services.chat.routing import (
     KNOWLEDGE_LABEL, Decision, Observed, Routing, Scores, decide_turn, describe,
 )
+from nlpsuite.shared.batcher import Lane
 from nlpsuite.shared.config import ChatSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.model_repo import read_label_examples
+from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
 from nlpsuite.shared.tokenization import HEAD_CHARS_PER_TOKEN
@@ -106,7 +108,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
     @unary("ClassifyIntent", field="texts")
     async def ClassifyIntent(self, request: chat_pb2.ClassifyIntentRequest, context, timing: Timing):
         check_texts(request.texts, self.settings)
-        result = await self.intents.infer(list(request.texts), timing, deadline_of(context))
+        result = await self.intents.infer(list(request.texts), timing, deadline_of(context), lane_of(context))
         labels = self.intents.labels
         predictions = []
         for probs, truncated in zip(result.outputs, result.truncated):
@@ -126,7 +128,7 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         check_text(request.message, self.settings, "message")
         conv = self.conversations.get(request.conversation_id)
         previous = conv.last.message if conv.last is not None else None
-        turn = await self.route(request.message, previous, timing, deadline_of(context))
+        turn = await self.route(request.message, previous, timing, deadline_of(context), lane_of(context))
         d, out = turn.decision, turn.outcome
         reply = chat_pb2.ReplyResponse(
             intent=self.intents.labels[d.intent], confidence=d.intent_confidence, answer=out.answer,
@@ -141,15 +143,16 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         reply.timing.CopyFrom(timing.proto())
         return reply
 
-    async def observe(self, texts: list[str], timing: Timing, deadline) -> tuple[list[Observed], bool, object]:
+    async def observe(self, texts: list[str], timing: Timing, deadline, lane: Lane = "interactive"
+                      ) -> tuple[list[Observed], bool, object]:
         """Both models on the same texts at once: intent probabilities and embeddings (for retrieval)."""
         if self.kb is None:
             raise Unavailable("the knowledge base is not loaded")
-        intents, embedded = await asyncio.gather(self.intents.infer(texts, timing, deadline),
-                                                 self.embedder.infer(texts, timing, deadline))
+        intents, embedded = await asyncio.gather(self.intents.infer(texts, timing, deadline, lane),
+                                                 self.embedder.infer(texts, timing, deadline, lane))
         if embedded.model.version != self.index_version:  # the embedder was hot-reloaded since
             await self._build_index(deadline)
-            embedded = await self.embedder.infer(texts, timing, deadline)
+            embedded = await self.embedder.infer(texts, timing, deadline, lane)
             if embedded.model.version != self.index_version:
                 raise Unavailable("the embedder changed version twice during this call; retry")
         if intents.model.version != self.examples_version:  # the intent model was hot-reloaded since
@@ -158,10 +161,11 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
                     zip(texts, intents.outputs, embedded.outputs)]
         return observed, intents.truncated[0], intents.model
 
-    async def observe_turn(self, message: str, previous: str | None, timing: Timing, deadline):
+    async def observe_turn(self, message: str, previous: str | None, timing: Timing, deadline,
+                           lane: Lane = "interactive"):
         """The message, and for a follow-up the message read after the previous one, observed by both models."""
         texts = [message] if previous is None else [message, f"{previous} {message}"]
-        return await self.observe(texts, timing, deadline)
+        return await self.observe(texts, timing, deadline, lane)
 
     def _intent_similarity(self, vector: np.ndarray) -> float | None:
         if self.example_vectors is None or not len(self.example_vectors):
@@ -172,9 +176,10 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         assert self.index is not None
         return self.index.search(text, vector, lexical_weight)
 
-    async def route(self, message: str, previous: str | None, timing: Timing, deadline) -> RoutedTurn:
+    async def route(self, message: str, previous: str | None, timing: Timing, deadline,
+                    lane: Lane = "interactive") -> RoutedTurn:
         """Score the message (and, for a follow-up, it read with the previous one) and choose the reply."""
-        observed, truncated, model = await self.observe_turn(message, previous, timing, deadline)
+        observed, truncated, model = await self.observe_turn(message, previous, timing, deadline, lane)
         w = self.routing.lexical_weight
         scores = [Scores(o.probs, self.search(o.text, o.vector, w), o.intent_similarity) for o in observed]
         assert self.kb is not None

@@ -184,6 +184,8 @@ class MonitorSettings(BaseSettings):
     sentiment_token: SecretStr | None = None  # the sentiment service's auth token, if it has one
     sentiment_token_file: Path | None = None
     sentiment_timeout_s: float = 10.0
+    # The service runs interactive calls first; a news burst rides in the bulk lane so it never delays a person.
+    sentiment_priority: Literal["interactive", "bulk"] = "bulk"
     sentiment_text: Literal["headline", "headline_body"] = "headline"
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0

@@ -87,7 +87,7 @@ class Scorer:
                    ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
                    ("grpc.max_reconnect_backoff_ms", int(settings.retry_max_s * 1000))]
         self.channel = open_channel(settings.sentiment_target, settings.sentiment_tls, settings.sentiment_secret(),
-                                    options=options)
+                                    options=options, priority=settings.sentiment_priority)
         self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
 
     # -- lifecycle -------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ import numpy as np
 
 from nlpsuite.services.recommend.cache import EmbeddingCache, item_key
 from nlpsuite.services.recommend.scoring import Ranker, user_vectors
+from nlpsuite.shared.batcher import Lane
 from nlpsuite.shared.config import RecommendSettings
 from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
+from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
 from nlpsuite.shared.wire import add_servicer
@@ -89,21 +91,21 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
                     raise InvalidArgument(f"candidates[{i}].features[{name!r}] is not a finite number")
 
     # -- scoring ---------------------------------------------------------------------------------------
-    async def _vectors(self, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline
-                       ) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo]:
+    async def _vectors(self, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline,
+                       lane: Lane = "interactive") -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo]:
         """Embeddings for (key, text) pairs, all from one embedder version (cache entries are per version).
 
         A hot reload between the cache lookups and the model call would mix versions: then start over once.
         """
         for _ in range(2):
             info = self.embedder.info()
-            vectors, cached, ran = await self._vectors_of(info.version, keyed, timing, deadline)
+            vectors, cached, ran = await self._vectors_of(info.version, keyed, timing, deadline, lane)
             if ran is None or ran.version == info.version:
                 return vectors, cached, info
         raise Unavailable("the embedder changed version during the request; retry")
 
-    async def _vectors_of(self, version: str, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline
-                          ) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo | None]:
+    async def _vectors_of(self, version: str, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline,
+                          lane: Lane) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo | None]:
         """Cached ones free, the rest in one batched model call (and the version that ran it, if any)."""
         keyed = [((version, *key), text) for key, text in keyed]
         found: dict[tuple[str, ...], np.ndarray] = {}
@@ -120,7 +122,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
             if vector is None:
                 missing[key] = text
         if missing:
-            result = await self.embedder.infer(list(missing.values()), timing, deadline)
+            result = await self.embedder.infer(list(missing.values()), timing, deadline, lane)
             ran = result.model
             if ran.version != version:
                 return [], [], ran
@@ -138,7 +140,8 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         history = [(item_key(HISTORY_ID, h.text), h.text) for h in user.history]
         profile = [(item_key(PROFILE_ID, user.profile), user.profile)] if user.profile.strip() else []
         cands = [(item_key(c.id, c.text), c.text) for c in request.candidates]
-        vectors, cached, info = await self._vectors(history + profile + cands, timing, deadline_of(context))
+        vectors, cached, info = await self._vectors(history + profile + cands, timing, deadline_of(context),
+                                                    lane_of(context))
         n_hist, n_prof = len(history), len(profile)
         hist = np.stack(vectors[:n_hist]) if n_hist else np.zeros((0, 0), np.float32)
         ratings = [h.rating if h.HasField("rating") else None for h in user.history]

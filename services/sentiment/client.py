@@ -5,6 +5,7 @@ from collections.abc import Iterable, Iterator
 
 from pydantic import SecretStr
 
+from nlpsuite.shared.batcher import Lane
 from nlpsuite.shared.client import ServiceClient
 from nlpsuite.shared.config import ClientTlsSettings
 from nlpsuite.shared.security import open_channel
@@ -28,8 +29,8 @@ class AsyncSentimentClient:
     """The same over grpc.aio, for asyncio programs (the Kafka monitor keeps its own stub: services/monitor/scorer.py)."""
 
     def __init__(self, target: str, timeout: float | None = 30.0, *, tls: ClientTlsSettings | None = None,
-                 token: str | SecretStr | None = None) -> None:
-        self.channel = open_channel(target, tls, token, aio=True)
+                 token: str | SecretStr | None = None, priority: Lane | None = None) -> None:
+        self.channel = open_channel(target, tls, token, aio=True, priority=priority)
         self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
         self.timeout = timeout
 

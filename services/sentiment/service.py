@@ -12,6 +12,7 @@ from nlpsuite.shared.config import SentimentSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.offload import run_cpu, text_chars
+from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
 from nlpsuite.shared.wire import MalformedRequest, add_servicer
@@ -61,7 +62,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
     async def Analyze(self, request: sentiment_pb2.AnalyzeRequest, context, timing: Timing):
         check_texts(request.texts, self.settings)
         texts = list(request.texts)
-        result = await self.model.infer(texts, timing, deadline_of(context))
+        result = await self.model.infer(texts, timing, deadline_of(context), lane_of(context))
         results = await run_cpu(text_chars(texts), self._results, texts, result.outputs, result.truncated)
         return sentiment_pb2.AnalyzeResponse(results=results, model=result.model, timing=timing.proto())
 
@@ -75,6 +76,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         Backpressure: an item takes a slot of the stream's window before it is read and gives it back once its
         reply has been handed to gRPC, which waits for the client's HTTP/2 flow control. A client that stops
         reading therefore stops the stream after `stream_window` items: nothing more is read, scored or held."""
+        lane = lane_of(context)  # before the first item: a bad value ends the call with INVALID_ARGUMENT
         out: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
         window = asyncio.Semaphore(self.settings.stream_window)
@@ -89,7 +91,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 check_text(item.text, self.settings, "text")
                 if item.ByteSize() > self.settings.max_message_bytes:
                     raise InvalidArgument(f"text: message over the limit of {self.settings.max_message_bytes} bytes")
-                result = await self.model.infer([item.text], timing, deadline_of(context))
+                result = await self.model.infer([item.text], timing, deadline_of(context), lane)
                 scored = await run_cpu(len(item.text), self._result, item.text, result.outputs[0],
                                        result.truncated[0])
                 reply = sentiment_pb2.AnalyzeStreamResponse(request_id=request_id, result=scored,
