@@ -222,6 +222,9 @@ class ServiceSettings(_Strict):
                                         "excess. Bounds what one connection can make the server hold")
     grace_s: float = Field(10.0, ge=0, description="time in-flight requests get to finish on shutdown")
     reflection: bool = Field(True, description="serve gRPC reflection (service discovery for grpcurl etc.)")
+    tracing: bool = Field(False, description="OpenTelemetry spans per request (tokenize, queue, inference), trace "
+                          "context taken from the call's metadata; exported over OTLP as the standard OTEL_* "
+                          "variables say. Needs the tracing extra")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

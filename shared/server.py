@@ -18,6 +18,7 @@ from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
+from nlpsuite.shared import tracing
 from nlpsuite.shared.serving import ServedModel, Timing
 from nlpsuite.shared.wire import MalformedRequest
 
@@ -70,6 +71,13 @@ def unary(method: str, field: str):
     def decorate(fn: Handler):
         @functools.wraps(fn)
         async def wrapper(self: Service, request, context: grpc.aio.ServicerContext):
+            if not tracing.enabled():
+                return await handle(self, request, context)
+            with tracing.span(f"{self.service_name}/{method}", tracing.carrier_of_metadata(
+                    context.invocation_metadata()), kind="server"):
+                return await handle(self, request, context)
+
+        async def handle(self: Service, request, context: grpc.aio.ServicerContext):
             timing = Timing(time.perf_counter())
             code = "OK"
             if self.draining:
@@ -122,6 +130,8 @@ class GrpcServer:
 
     async def start(self) -> int:
         name = self.service.service_name
+        if self.settings.tracing:
+            tracing.enable(self.service.short_name)
         limit = self.settings.max_message_bytes
         self.health = health.aio.HealthServicer()
         # The transport accepts a little more than the configured limit, so that a too-big request

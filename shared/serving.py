@@ -16,6 +16,7 @@ from nlpsuite.shared.batcher import (
     BatcherClosedError, BatchStats, DeadlineExpiredError, DynamicBatcher, Lane, QueueFullError,
 )
 from nlpsuite.shared.config import BatchSettings, ModelSettings
+from nlpsuite.shared import tracing
 from nlpsuite.shared.errors import DeadlineExceeded, InvalidArgument, Overloaded, Unavailable
 from nlpsuite.shared.lru import LruCache
 from nlpsuite.shared.metrics import Metrics
@@ -381,7 +382,8 @@ class ServedModel:
         try:
             active.batcher.admit(len(texts), deadline, lane)  # shed before paying for tokenization
             t0 = time.perf_counter()
-            ids, truncated = await run_cpu(text_chars(texts), self._tokenize, active.model, texts)
+            with tracing.span("tokenize", attributes={"texts": len(texts)}):
+                ids, truncated = await run_cpu(text_chars(texts), self._tokenize, active.model, texts)
             timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
             results = await active.batcher.submit(ids, deadline, lane)
         except QueueFullError as exc:
@@ -390,8 +392,16 @@ class ServedModel:
             raise DeadlineExceeded("deadline passed before the request reached the model") from None
         except BatcherClosedError as exc:
             raise Unavailable(f"model {self.settings.name}: {exc}") from None
-        timing.queue_us = max(timing.queue_us, max((r.queue_us for r in results), default=0))
-        timing.inference_us = max(timing.inference_us, max((r.inference_us for r in results), default=0))
+        queue_us = max((r.queue_us for r in results), default=0)
+        inference_us = max((r.inference_us for r in results), default=0)
+        timing.queue_us = max(timing.queue_us, queue_us)
+        timing.inference_us = max(timing.inference_us, inference_us)
+        if tracing.enabled() and results:  # the slowest text's queue wait and batch, as the batcher timed them
+            now = time.time_ns()
+            ran_from = now - inference_us * 1000
+            tracing.record("queue", ran_from - queue_us * 1000, ran_from, {"lane": lane})
+            tracing.record("inference", ran_from, now, {"model": self.settings.name, "lane": lane,
+                                                        "batch_size": max(r.batch_size for r in results)})
         outputs = np.stack([r.output for r in results]) if results else np.zeros((0, 0), np.float32)
         return outputs, truncated
 

@@ -3,9 +3,7 @@
 At each concurrency level, N grpc.aio clients each send one text per Analyze request and send the next as
 soon as the answer arrives. After a warm-up, a measuring window counts completed requests and their latencies,
 and samples the server around it: its CPU time (/proc/<pid>/stat) and its Prometheus batch histograms (mean
-batch size, padded tokens). Then a concurrency-1 probe measures latency on ~32-token texts; given `bare_probe`, it
-alternates short blocks of requests with blocks of the same texts run on the bare runtime in this process, so a
-shared host's drift falls on both latencies alike.
+batch size, padded tokens). Then a concurrency-1 probe measures latency on ~32-token texts.
 """
 from __future__ import annotations
 
@@ -26,18 +24,6 @@ from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 MAX_CHANNELS = 8
 REQUEST_TIMEOUT_S = 120.0
-PAIR_BLOCK = 10  # texts per block when the probe alternates between the server and the bare runtime
-PAIR_GAP_S = 0.05  # between blocks: the bare runtime's pool threads stop spinning before the server's turn
-
-
-class BareProbe(BaseModel):
-    """The bare runtime to time beside the server in the concurrency-1 probe."""
-
-    repository: Path
-    model: str
-    version: str
-    provider: str = "auto"
-    threads: int
 
 
 class LoadSpec(BaseModel):
@@ -51,7 +37,6 @@ class LoadSpec(BaseModel):
     seconds: float
     probe: list[str] = []
     probe_requests: int = 0
-    bare_probe: BareProbe | None = None
 
 
 class Level(BaseModel):
@@ -68,7 +53,6 @@ class Level(BaseModel):
 class LoadResult(BaseModel):
     levels: list[Level]
     probe: Latency | None = None
-    bare_probe: Latency | None = None  # the bare runtime's single-text latency, interleaved with `probe`
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -141,44 +125,18 @@ async def run_level(spec: LoadSpec, clients: int) -> Level:
         server_cpu_cores=round(server_cpu, 3), client_cpu_cores=round(client_cpu, 3))
 
 
-def _bare_model(bare: BareProbe):
-    import onnxruntime as ort
-
-    from nlpsuite.shared.model import open_model
-    from nlpsuite.shared.model_repo import ModelRepository
-
-    ort.set_default_logger_severity(3)  # GPU providers failing to load on a CPU-only host is expected
-    version = ModelRepository(bare.repository).resolve(bare.model, bare.version)
-    return open_model(version, provider=bare.provider, intra_threads=bare.threads)
-
-
-async def probe(spec: LoadSpec) -> tuple[Latency, Latency | None]:
-    """Concurrency-1 latency of the server (and of the bare runtime, in alternating blocks, given `bare_probe`)."""
-    model = _bare_model(spec.bare_probe) if spec.bare_probe is not None else None
-    texts = spec.probe
+async def probe(spec: LoadSpec) -> Latency:
     async with grpc.aio.insecure_channel(spec.target) as channel:
         stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
-        for text in texts[:20]:
+        for text in spec.probe[:20]:
             await stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=[text]), timeout=REQUEST_TIMEOUT_S)
-            if model is not None:
-                model.predict([text])
-        served: list[float] = []
-        bare: list[float] = []
-        for start in range(0, spec.probe_requests, PAIR_BLOCK):
-            block = [texts[i % len(texts)] for i in range(start, min(start + PAIR_BLOCK, spec.probe_requests))]
-            for text in block:
-                t0 = time.perf_counter()
-                await stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=[text]), timeout=REQUEST_TIMEOUT_S)
-                served.append(time.perf_counter() - t0)
-            if model is None:
-                continue
-            await asyncio.sleep(PAIR_GAP_S)
-            for text in block:
-                t0 = time.perf_counter()
-                model.predict([text])
-                bare.append(time.perf_counter() - t0)
-            await asyncio.sleep(PAIR_GAP_S)
-    return Latency.of(served), Latency.of(bare) if model is not None else None
+        samples = []
+        for i in range(spec.probe_requests):
+            t0 = time.perf_counter()
+            await stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=[spec.probe[i % len(spec.probe)]]),
+                               timeout=REQUEST_TIMEOUT_S)
+            samples.append(time.perf_counter() - t0)
+    return Latency.of(samples)
 
 
 async def run(spec: LoadSpec) -> LoadResult:
@@ -188,8 +146,8 @@ async def run(spec: LoadSpec) -> LoadResult:
         levels.append(level)
         print(f"{spec.target} c={clients:3d}: {level.texts_per_s:8.1f} texts/s, p50 {level.latency.p50_ms} ms, "
               f"p99 {level.latency.p99_ms} ms, batch {level.mean_batch_size}, errors {level.errors}", flush=True)
-    latency, bare = await probe(spec) if spec.probe and spec.probe_requests else (None, None)
-    return LoadResult(levels=levels, probe=latency, bare_probe=bare)
+    latency = await probe(spec) if spec.probe and spec.probe_requests else None
+    return LoadResult(levels=levels, probe=latency)
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from nlpsuite.bench.load import PAIR_BLOCK
 from nlpsuite.bench.results import BenchResult
 
 CHART = "benchmark.png"
@@ -191,9 +190,9 @@ def head_to_head_lines(result: BenchResult) -> list[str]:
              f"After the sweeps, each contender at saturation again, all in one alternating sequence per round: the "
              f"bare runtime at the sweep's two best points ({'; '.join(h.bare_points)}), then each server at "
              f"concurrency {' and '.join(map(str, h.levels))}; the better point of each counts, so one noisy sweep "
-             f"window does not pick where a contender is judged. Then the service answers one text at a time on the "
-             f"~32-token probe texts, in blocks of {PAIR_BLOCK} alternating with the same texts on the bare runtime "
-             f"({h.latency_threads} ORT thread{'s' if h.latency_threads > 1 else ''}, in the client's process). "
+             f"window does not pick where a contender is judged. The bare runtime also times single ~32-token probe "
+             f"texts ({h.latency_threads} ORT thread{'s' if h.latency_threads > 1 else ''}), and each round ends with "
+             f"the service answering them one at a time. "
              f"A shared host's speed drifts by tens of "
              f"percent within a minute, so each ratio is taken within a round, between windows seconds apart, and the "
              f"checks use its median over the rounds (the latency check: the medians of the two p50s).", "",

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from nlpsuite.bench.bare import BarePoint, BareResult, BareSpec
-from nlpsuite.bench.load import BareProbe, LoadResult, LoadSpec
+from nlpsuite.bench.load import LoadResult, LoadSpec
 from nlpsuite.bench.peers import PeerSpec
 from nlpsuite.bench.procs import Child, cores, free_port, peak_rss_mb, python_module, wait_serving
 from nlpsuite.bench.recommend import run_recommend
@@ -48,7 +48,7 @@ class Profile(BaseModel):
     rounds: int  # head-to-head rounds the ratios come from (medians)
     round_warmup_s: float
     round_seconds: float  # per contender and round: short, so that a round is over before the host drifts
-    round_latency_requests: int  # per round: the concurrency-1 probe, as many texts on the service and on bare
+    round_latency_requests: int  # per round: single texts on the bare runtime, and the service's c=1 probe
 
 
 FULL = Profile(texts=512, probe_texts=64, levels=[1, 8, 32, 128], warmup_s=2.0, seconds=8.0, probe_requests=300,
@@ -176,11 +176,11 @@ class _Runner:
         return BareResult.model_validate_json(self._child_json(name, "nlpsuite.bench.bare", spec, 900))
 
     def drive(self, name: str, server: _Started, levels: list[int], probe_requests: int,
-              warmup_s: float, seconds: float, bare_probe: BareProbe | None = None) -> LoadResult:
+              warmup_s: float, seconds: float) -> LoadResult:
         spec = LoadSpec(target=server.target, server_pid=server.child.pid,
                         metrics_url=f"http://127.0.0.1:{server.metrics_port}/metrics", texts=self.texts.texts,
                         mean_tokens=self.texts.mean_tokens, levels=levels, warmup_s=warmup_s, seconds=seconds,
-                        probe=self.texts.probe, probe_requests=probe_requests, bare_probe=bare_probe)
+                        probe=self.texts.probe, probe_requests=probe_requests)
         budget = len(levels) * (warmup_s + seconds + 130) + probe_requests * 2 + 60
         return LoadResult.model_validate_json(self._child_json(f"load-{name}", "nlpsuite.bench.load", spec, budget))
 
@@ -261,24 +261,27 @@ class _Runner:
         One noisy sweep window must not pick the point a contender is judged at: each round measures the bare
         runtime at the sweep's two best points and each server at the sweep's two highest concurrencies (beyond
         one), and the better of the two counts. The contenders are our service, the faster PyTorch FP32 server and
-        the best-setting PyTorch server, all running at once (idle but for their own window). Each round ends with
-        the service's concurrency-1 probe, in blocks alternating with the same texts on the bare runtime."""
+        the best-setting PyTorch server, all running at once (idle but for their own window). Each round also times
+        single texts on the bare runtime (right after its throughput window) and ends with the service's
+        concurrency-1 probe.
+
+        (Alternating short blocks of service and bare single texts from one client process was tried and dropped:
+        with the bare model in the client, the service's p50 doubled (4.4-5.1 ms alone, 5.8-10.5 ms alternated,
+        gaps of 50 or 150 ms between blocks; an idle ONNX Runtime pool thread spins ~45 ms after each run).)"""
         p = self.profile
         fp32 = max((s for s in servers if s.name in FP32_SERVERS), key=lambda s: s.best.texts_per_s)
         contenders = [s for s in servers if s.name in ("service", "torch-best-batched")] + [fp32]
         levels = [c for c in p.levels if c > 1][-SATURATION_LEVELS:]
         points = sorted(bare.points, key=lambda pt: pt.texts_per_s, reverse=True)[:SATURATION_LEVELS]
         latency_threads = min(bare.single_text, key=lambda t: bare.single_text[t].p50_ms or float("inf"))
-        c = self.config
-        bare_probe = BareProbe(repository=c.repository, model=c.model, version=self.version.manifest.version,
-                               provider=c.provider, threads=latency_threads)
         rounds = []
         with contextlib.ExitStack() as stack:
             started = {s.name: stack.enter_context(self._starters[s.name](f"{s.name}-h2h")) for s in contenders}
             for r in range(p.rounds):
                 # One layout per bare child (each point its own run): the two best may differ in layout.
-                tried = [self.bare(f"bare-h2h-{r}-{i}", [pt.batch], [(pt.threads, pt.concurrent)], [], 0,
-                                   p.round_seconds) for i, pt in enumerate(points)]
+                tried = [self.bare(f"bare-h2h-{r}-{i}", [pt.batch], [(pt.threads, pt.concurrent)],
+                                   [latency_threads] if i == 0 else [], p.round_latency_requests, p.round_seconds)
+                         for i, pt in enumerate(points)]
                 top = max((t.best for t in tried), key=lambda pt: pt.texts_per_s)
                 rates, at = {}, {}
                 for s in contenders:
@@ -286,12 +289,11 @@ class _Runner:
                                       p.round_seconds)
                     level = max(load.levels, key=lambda lv: lv.texts_per_s)
                     rates[s.name], at[s.name] = level.texts_per_s, level.concurrency
-                c1 = self.drive(f"service-c1-h2h-{r}", started["service"], [], p.round_latency_requests, 0, 0,
-                                bare_probe)
-                assert c1.probe is not None and c1.bare_probe is not None
+                c1 = self.drive(f"service-c1-h2h-{r}", started["service"], [], p.round_latency_requests, 0, 0)
+                assert c1.probe is not None
                 rounds.append(Round(bare_texts_per_s=top.texts_per_s, bare_point=_point(top),
-                                    bare_single_text_p50_ms=c1.bare_probe.p50_ms, servers=rates, concurrency=at,
-                                    service_c1_p50_ms=c1.probe.p50_ms))
+                                    bare_single_text_p50_ms=tried[0].single_text[latency_threads].p50_ms,
+                                    servers=rates, concurrency=at, service_c1_p50_ms=c1.probe.p50_ms))
                 self.log(f"round {r + 1}/{p.rounds}: bare {top.texts_per_s:.1f} texts/s, "
                          + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()))
         return HeadToHead(contenders=[s.name for s in contenders], levels=levels,

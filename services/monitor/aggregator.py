@@ -22,6 +22,8 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
+from nlpsuite.shared import tracing
+
 from .config import MonitorSettings
 from .delivery import (
     Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, raise_if_unreadable, sleep_until,
@@ -209,18 +211,21 @@ class Aggregator:
         backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
         # Window state changes as records are applied, so a failed publish is retried by re-sending the
         # alerts already computed (never by re-applying the records).
-        alerts: list[tuple[int, Alert, int | None]] = []
+        alerts: list[tuple[int, Alert, int | None, list | None]] = []
         for tp, recs in records.items():
             self.metrics.consumed.labels(tp.topic).inc(len(recs))
             for rec in recs:
                 out = self._apply(tp.partition, rec.value)
                 if out is not None:
                     alert, published_ms = out
-                    alerts.append((tp.partition, alert, published_ms))
+                    # The alert continues the trace of the scored record that tipped the window over.
+                    headers = tracing.headers(carrier=tracing.carrier_of_headers(rec.headers)) \
+                        if tracing.enabled() and rec.headers else None
+                    alerts.append((tp.partition, alert, published_ms, headers))
         while True:
             try:
                 futures = [self.publisher.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(),
-                                               partition=p) for p, a, _ in alerts]
+                                               partition=p, headers=h) for p, a, _, h in alerts]
                 self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
                 break
             except PublishFailed as exc:
@@ -231,7 +236,7 @@ class Aggregator:
                 if self.stop.is_set():
                     return False  # nothing committed: replayed (same ids) after restart
         acked = time.time()
-        for p, alert, published_ms in alerts:
+        for p, alert, published_ms, _ in alerts:
             self.metrics.alerts.labels(alert.key_kind).inc()
             if published_ms:
                 self.metrics.publish_to_alert.observe(max(0.0, acked - published_ms / 1000))

@@ -5,6 +5,7 @@ import logging
 import signal
 import threading
 
+from nlpsuite.shared import tracing
 from nlpsuite.shared.logs import failure
 
 from .aggregator import Aggregator
@@ -38,6 +39,8 @@ class Monitor:
         self._http = None
 
     def start(self) -> "Monitor":
+        if self.s.tracing:
+            tracing.enable("monitor")
         if self.s.metrics_port:
             self._http = self.metrics.serve(self.s.metrics_port)
         for name, stage in (("score", self.scorer), ("aggregate", self.aggregator)):

@@ -186,6 +186,9 @@ class MonitorSettings(BaseSettings):
     sentiment_timeout_s: float = 10.0
     # The service runs interactive calls first; a news burst rides in the bulk lane so it never delays a person.
     sentiment_priority: Literal["interactive", "bulk"] = "bulk"
+    # OpenTelemetry (the tracing extra): a span per scored batch, trace context read from `news` record headers,
+    # sent with the sentiment call and written onto `news.scored` and `alerts` records. OTLP per OTEL_* variables.
+    tracing: bool = False
     sentiment_text: Literal["headline", "headline_body"] = "headline"
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0

@@ -74,11 +74,12 @@ class Publisher:
         self.producer = KafkaProducer(**config)
         self.replacements = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None):
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+             headers: list[tuple[str, bytes]] | None = None):
         if broken(self.producer):
             return Future().failure(PublishFailed("the producer is in a fatal error state"))
         try:
-            return self.producer.send(topic, key=key, value=value, partition=partition)
+            return self.producer.send(topic, key=key, value=value, partition=partition, headers=headers)
         except KafkaError as exc:  # e.g. no metadata within max_block_ms while the broker is unreachable
             return Future().failure(exc)
 

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from nlpsuite.shared.logs import failure
+from nlpsuite.shared import tracing
 from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
@@ -64,6 +65,8 @@ class _Batch:
     rejected: list = field(default_factory=list)  # (record, reason, detail) dead-lettered by the service
     call: object = None  # the in-flight gRPC future
     t0: float = 0.0
+    span: object = None  # the batch's tracing span (tracing on only)
+    parent: dict = field(default_factory=dict)  # the trace carrier that parents `span` (its first traced item's)
 
     def ready(self) -> bool:
         return self.call is None or self.call.done()
@@ -206,9 +209,16 @@ class Scorer:
                     batch.futures.append(self._dead_letter(rec, exc.reason, exc.detail))
         if batch.valid:
             batch.texts = [self._text(v.item) for v in batch.valid]
+            if tracing.enabled():
+                # One span per batch: the first traced item's trace is its parent, the other items' are links.
+                carriers = [c for c in (tracing.carrier_of_headers(v.record.headers) for v in batch.valid) if c]
+                batch.parent = carriers[0] if carriers else {}
+                batch.span = tracing.start("monitor.score", batch.parent, links=carriers[1:], kind="consumer",
+                                           attributes={"items": len(batch.valid)})
             batch.t0 = time.perf_counter()
             batch.call = self.stub.Analyze.future(sentiment_pb2.AnalyzeRequest(texts=batch.texts),
-                                                  timeout=self.s.sentiment_timeout_s)
+                                                  timeout=self.s.sentiment_timeout_s,
+                                                  metadata=tracing.metadata(batch.span))
         return batch
 
     def _validate(self, rec) -> NewsItem:
@@ -249,6 +259,7 @@ class Scorer:
             while True:
                 try:
                     self._publish(batch, results, model, elapsed)
+                    tracing.end(batch.span)
                     return True
                 except PublishFailed as exc:
                     self.metrics.publish_failures.labels("score").inc()
@@ -261,6 +272,7 @@ class Scorer:
             log.warning("batch abandoned (%s); its records will be redelivered", exc)
             if batch.call is not None:
                 batch.call.cancel()
+            tracing.end(batch.span)
             return False
 
     def _abandon(self, inflight: "deque[_Batch]", why: str) -> None:
@@ -295,9 +307,13 @@ class Scorer:
             v, res = valid[i], results[i]
             if res is None:
                 continue  # rejected by the service: dead-lettered in _analyze
+            # An item keeps its own trace; the one that parents the batch's span (or one without a trace) gets the
+            # span's, so its record leads on through the sentiment call.
+            own = tracing.carrier_of_headers(v.record.headers) if batch.span is not None else {}
+            headers = tracing.headers(batch.span, own if own and own != batch.parent else None)
             for out in self._scored(v, res, model, elapsed, now_ms):
                 futures.append(self.publisher.send(topic.scored, key=out.key.encode(),
-                                                   value=out.model_dump_json().encode()))
+                                                   value=out.model_dump_json().encode(), headers=headers))
             scored_ts.append(v.record.timestamp)
         self.metrics.score_loop.labels("publish").inc(time.perf_counter() - t_publish)
         with self._timed("confirm"):
