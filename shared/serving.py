@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,12 +331,6 @@ class ServedModel:
         return softmax(out) if model.manifest.task == "classify" else out
 
     # -- inference -------------------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids cut to the token limit (keeping the final [SEP]), or INVALID_ARGUMENT if rejecting."""
-        if self._active is None:
-            raise Unavailable(f"model {self.settings.name} is not loaded")
-        return self._tokenize(self._active.model, texts)
-
     def _tokenize(self, model: LoadedModel, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
         tokens = model.encoder.tokenize(list(texts))
         if self.reject_overlong:
@@ -411,5 +405,3 @@ def deadline_of(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
-
-OnReady = Callable[[], None]

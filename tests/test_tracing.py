@@ -55,14 +55,18 @@ def test_a_request_has_a_server_span_with_tokenize_queue_and_inference_children(
         stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["Profits rose.", "Sales fell."]), timeout=30,
                      metadata=[("traceparent", TRACEPARENT)])
         stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["An untraced call starts its own trace."]), timeout=30)
+        items = (sentiment_pb2.AnalyzeStreamRequest(request_id=str(i), text=t) for i, t in enumerate(["Up.", "Down."]))
+        assert len(list(stub.AnalyzeStream(items, timeout=30, metadata=[("traceparent", TRACEPARENT)]))) == 2
     found = by_name(spans, TRACE_ID)
+    assert len(found["nlpsuite.v1.SentimentService/AnalyzeStream.item"]) == 2  # a span per stream item, same trace
     (root,) = found["nlpsuite.v1.SentimentService/Analyze"]
     assert format(root.parent.span_id, "016x") == "00f067aa0ba902b7"  # the caller's span is its parent
     for stage in ("tokenize", "queue", "inference"):
-        (child,) = found[stage]
-        assert child.parent.span_id == root.context.span_id, stage
+        child = next(c for c in found[stage] if c.parent.span_id == root.context.span_id)
         assert root.start_time <= child.start_time <= child.end_time <= root.end_time + 1_000_000, stage
-    assert found["inference"][0].attributes["batch_size"] >= 1 and found["queue"][0].attributes["lane"] == "interactive"
+    assert all(s.attributes["batch_size"] >= 1 for s in found["inference"])
+    assert {s.attributes["lane"] for s in found["queue"]} == {"interactive"}
+    assert len(found["inference"]) == 3  # the unary call's and the two stream items
     others = [s for s in spans.get_finished_spans() if s.name.endswith("/Analyze") and s is not root]
     assert len(others) == 1 and others[0].parent is None  # the second call: a new trace of its own
 

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from nlpsuite.shared.config import SentimentSettings
+from nlpsuite.shared import tracing
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.offload import run_cpu, text_chars
@@ -77,6 +78,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
         reply has been handed to gRPC, which waits for the client's HTTP/2 flow control. A client that stops
         reading therefore stops the stream after `stream_window` items: nothing more is read, scored or held."""
         lane = lane_of(context)  # before the first item: a bad value ends the call with INVALID_ARGUMENT
+        carrier = tracing.carrier_of_metadata(context.invocation_metadata()) if tracing.enabled() else None
         out: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
         window = asyncio.Semaphore(self.settings.stream_window)
@@ -91,7 +93,8 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
                 check_text(item.text, self.settings, "text")
                 if item.ByteSize() > self.settings.max_message_bytes:
                     raise InvalidArgument(f"text: message over the limit of {self.settings.max_message_bytes} bytes")
-                result = await self.model.infer([item.text], timing, deadline_of(context), lane)
+                with tracing.span(f"{self.service_name}/AnalyzeStream.item", carrier, kind="server"):
+                    result = await self.model.infer([item.text], timing, deadline_of(context), lane)
                 scored = await run_cpu(len(item.text), self._result, item.text, result.outputs[0],
                                        result.truncated[0])
                 reply = sentiment_pb2.AnalyzeStreamResponse(request_id=request_id, result=scored,
