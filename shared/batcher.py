@@ -11,11 +11,13 @@ forms its batch from the interactive lane whenever interactive texts wait, and f
 bulk work takes the capacity interactive work leaves. While both lanes wait, bulk still gets `bulk_share` of the
 batches, so it is never starved. A running batch cannot be interrupted, so bulk batches have their own, smaller
 token budget (`bulk_batch_tokens`): it bounds how long an interactive text waits behind bulk work. Each lane has its
-own queue capacity and deadline-based shedding: a full bulk lane never refuses interactive work. The model runs on a worker thread, so the event loop stays free; a batch that
-starts while no other batch in the process runs, of this model or another (chat runs two models per message, `serve
-all` three services), is told so (`alone`), and may use more threads. Given `pin_cores`, worker thread i
-stays on core i: with two one-thread workers on two cores that gave about 4 % more texts per second than letting them
-migrate around the event loop's thread.
+own queue capacity and deadline-based shedding: a full bulk lane never refuses interactive work.
+
+The model runs on a worker thread, so the event loop stays free; a batch that starts while no other batch in the
+process runs, of this model or another (chat runs two models per message, `serve all` three services), is told so
+(`alone`), and may use more threads. Given `pin_cores`, worker thread i stays on core i: with two one-thread
+workers on two cores that gave about 4 % more texts per second than letting them migrate around the event loop's
+thread.
 """
 from __future__ import annotations
 
