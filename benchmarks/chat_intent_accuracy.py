@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import csv
 import json
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +29,7 @@ from nlpsuite.services.chat.client import ChatClient
 from nlpsuite.services.chat.service import ChatService
 from nlpsuite.shared.config import ChatSettings, ModelSettings
 from nlpsuite.shared.model import open_model, softmax
+from nlpsuite.shared.local_run import free_port
 from nlpsuite.shared.model_repo import ModelRepository
 from nlpsuite.shared.server import GrpcServer
 
@@ -75,9 +75,7 @@ def main() -> int:
     if args.calibrate_on is not None:
         routing = calibrate_routing(args, labels)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = ChatSettings(host="127.0.0.1", port=port, max_items=64, knowledge_base=args.knowledge_base,
                             routing=routing,
                             intent_model=ModelSettings(name=args.intent_model, repository=args.repository),

@@ -28,10 +28,11 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nlpsuite.bench.procs import Child, free_port, python_module, wait_serving  # noqa: E402
+from nlpsuite.bench.procs import Child, python_module, wait_serving  # noqa: E402
 from nlpsuite.bench.stats import Latency  # noqa: E402
 from nlpsuite.bench.texts import make_textset  # noqa: E402
 from nlpsuite.shared.host import isa  # noqa: E402
+from nlpsuite.shared.local_run import free_port  # noqa: E402
 from nlpsuite.shared.model_repo import ModelRepository  # noqa: E402
 from nlpsuite.shared.priority import priority_metadata  # noqa: E402
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc  # noqa: E402

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nlpsuite.bench.procs import Child, free_port, python_module, wait_serving  # noqa: E402
+from nlpsuite.bench.procs import Child, python_module, wait_serving  # noqa: E402
 from nlpsuite.shared.host import isa  # noqa: E402
+from nlpsuite.shared.local_run import free_port  # noqa: E402
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc  # noqa: E402
 
 

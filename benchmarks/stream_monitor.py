@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nlpsuite.services.monitor.app import Monitor  # noqa: E402
-from nlpsuite.services.monitor.broker import LocalBroker, free_port  # noqa: E402
+from nlpsuite.services.monitor.broker import LocalBroker  # noqa: E402
+from nlpsuite.shared.local_run import free_port  # noqa: E402
 from nlpsuite.services.monitor.producer import replay  # noqa: E402
 from tests.monitor_support import SentimentProcess, monitor_settings, read_topic, unique_topics  # noqa: E402
 

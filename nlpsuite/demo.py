@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlpsuite import examples
 from nlpsuite.services.chat.service import ROUTING_FILE
-from nlpsuite.services.monitor.broker import LocalBroker, _set_pdeathsig, free_port
+from nlpsuite.services.monitor.broker import LocalBroker
+from nlpsuite.shared.local_run import free_port, set_pdeathsig, wait_serving
 from nlpsuite.services.monitor.config import KafkaSettings, Topics
 from nlpsuite.services.monitor.producer import replay
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
@@ -79,7 +79,7 @@ class Children:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("NLPSUITE_")}
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=inherited | env, preexec_fn=_set_pdeathsig)
+                                    env=inherited | env, preexec_fn=set_pdeathsig)
         self.procs[name] = proc
         return proc
 
@@ -158,22 +158,6 @@ def serve_env(repository: Path, ports: dict[str, int] | None = None) -> dict[str
 def stream_args(bootstrap: str, sentiment: str) -> list[str]:
     return ["stream", "--local-broker", "--bootstrap-servers", bootstrap, "--sentiment", sentiment,
             "--watchlist", _shown(EXAMPLES / "watchlist.yaml")]
-
-
-def wait_serving(target: str, service: str, alive: Callable[[], None], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            alive()
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise DemoError(f"{service} on {target} was not SERVING after {timeout_s:.0f} s")
 
 
 def wait_for_alerts(kafka: KafkaSettings, topic: str, alive: Callable[[], None], timeout_s: float,

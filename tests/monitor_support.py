@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
+from nlpsuite.shared.local_run import wait_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,21 +37,13 @@ class SentimentProcess:
         } | self.extra_env
         self.proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment"], cwd=ROOT,
                                      env=env, stdout=out, stderr=out)
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        def alive() -> None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"sentiment server exited with {self.proc.returncode}")
-            try:
-                with grpc.insecure_channel(self.target) as ch:
-                    status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return self
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("sentiment server did not become ready")
+
+        wait_serving(self.target, "", alive, timeout_s)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye; in-flight calls fail with UNAVAILABLE."""

@@ -3,23 +3,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nlpsuite.shared.local_run import NotServing, free_port, wait_serving
 
 
 class ServeProcess:
@@ -43,19 +35,16 @@ class ServeProcess:
         self._stderr = open(self.stderr_path, "w")
         as_user = {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
         self.proc = subprocess.Popen(self.args, stderr=self._stderr, start_new_session=True, **as_user)
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                assert self.proc.poll() is None, f"serve exited: {self.stderr_path.read_text()[-3000:]}"
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=self.service_name), timeout=2).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return self
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise TimeoutError(f"not SERVING after {timeout} s: {self.stderr_path.read_text()[-3000:]}")
+
+        def alive() -> None:
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"serve exited: {self.stderr_path.read_text()[-3000:]}"
+
+        try:
+            wait_serving(self.target, self.service_name, alive, timeout)
+        except NotServing as exc:
+            raise NotServing(f"{exc}: {self.stderr_path.read_text()[-3000:]}") from None
+        return self
 
     def rss_kb(self) -> int:
         assert self.proc is not None

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nlpsuite.services.monitor.broker import free_port
+from nlpsuite.shared.local_run import free_port
 from tests.monitor_support import ROOT, read_topic
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from nlpsuite.services.monitor.app import Monitor
-from nlpsuite.services.monitor.broker import LocalBroker, free_port
+from nlpsuite.services.monitor.broker import LocalBroker
+from nlpsuite.shared.local_run import free_port
 from tests.monitor_support import ROOT, SentimentProcess, monitor_settings, read_topic, unique_topics
 from tests.test_monitor_stream import ITEMS, NEWS, scored_ids, wait_for_ids
 

@@ -18,7 +18,8 @@ import pytest
 
 from nlpsuite.examples import __file__ as _examples_init
 from nlpsuite.services.monitor.app import Monitor
-from nlpsuite.services.monitor.broker import LocalBroker, free_port
+from nlpsuite.services.monitor.broker import LocalBroker
+from nlpsuite.shared.local_run import free_port
 from nlpsuite.services.monitor.producer import replay
 from tests.monitor_support import ROOT, SentimentProcess, monitor_settings, read_topic, unique_topics
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlpsuite.services.sentiment.client import SentimentClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nlpsuite.shared.local_run import free_port, wait_serving
 
 
 def test_serving_modules_do_not_import_torch():
@@ -47,17 +37,7 @@ def test_serve_sentiment_process(tmp_path, built_classifier):
     proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment", "--config", str(cfg)],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            status = None
-            while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service="nlpsuite.v1.SentimentService"),
-                                        timeout=2).status
-                except grpc.RpcError:
-                    time.sleep(0.2)
-            assert status == health_pb2.HealthCheckResponse.SERVING
+        wait_serving(f"127.0.0.1:{port}", "nlpsuite.v1.SentimentService", timeout_s=60)
         with SentimentClient(f"127.0.0.1:{port}") as c:
             assert c.analyze(["Norvale Mining shares jump"]).results[0].entities[0].ticker == "NVM"
         proc.send_signal(signal.SIGTERM)

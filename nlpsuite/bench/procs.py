@@ -1,10 +1,8 @@
 """Child processes for the benchmark and what /proc says about them (CPU time, peak memory)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,28 +10,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
+from nlpsuite.shared import local_run
+
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def free_port() -> int:
-    """A free port that is none of the suite's default ports: a service's config must not clash with the other
-    services' defaults (shared.config.Settings checks them all)."""
-    from nlpsuite.shared.config import ChatSettings, RecommendSettings, SentimentSettings
-
-    reserved = {port for section in (SentimentSettings(), ChatSettings(), RecommendSettings())
-                for port in (section.port, section.metrics_port, section.health_port) if port}
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in reserved:
-            return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -99,27 +83,9 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-async def _wait_serving(target: str, service: str, child: Child, timeout: float) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            child.check_alive()
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{child.name} did not report SERVING within {timeout:.0f} s; see {child.log_path}")
-
-
 def wait_serving(target: str, service: str, child: Child, timeout: float = 300.0) -> None:
     """Block until the gRPC health service says SERVING for `service`; fail early if the child died."""
-    asyncio.run(_wait_serving(target, service, child, timeout))
+    local_run.wait_serving(target, service, child.check_alive, timeout)
 
 
 def batches_of(texts: list[str], batch: int) -> list[list[str]]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from nlpsuite.bench.procs import Child, free_port, peak_rss_mb, python_module, wait_serving
+from nlpsuite.bench.procs import Child, peak_rss_mb, python_module, wait_serving
+from nlpsuite.shared.local_run import free_port
 from nlpsuite.bench.stats import Latency
 from nlpsuite.services.recommend.client import RecommendClient
 from nlpsuite.v1 import recommend_pb2

@@ -15,12 +15,13 @@ from pydantic import BaseModel
 from nlpsuite.bench.bare import BarePoint, BareResult, BareSpec
 from nlpsuite.bench.load import LoadResult, LoadSpec
 from nlpsuite.bench.peers import PeerSpec
-from nlpsuite.bench.procs import Child, cores, free_port, peak_rss_mb, python_module, wait_serving
+from nlpsuite.bench.procs import Child, cores, peak_rss_mb, python_module, wait_serving
 from nlpsuite.bench.recommend import run_recommend
 from nlpsuite.bench.results import FP32_SERVERS, BenchResult, HeadToHead, Meta, Round, ServerRun
 from nlpsuite.bench.texts import TextSet, make_textset
 from nlpsuite.bench.torch_models import SelectResult, SelectSpec, require_torch
 from nlpsuite.shared.host import cpu, isa
+from nlpsuite.shared.local_run import free_port
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, ModelVersion
 from nlpsuite.v1 import sentiment_pb2
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from nlpsuite.shared.local_run import free_port, set_pdeathsig
+
 log = logging.getLogger(__name__)
 
 
@@ -37,28 +39,12 @@ def tansu_binary() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
     except OSError:
         return False
-
-
-def _set_pdeathsig() -> None:  # runs in the child: die with the parent, own session
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - non-Linux
-        pass
 
 
 class LocalBroker:
@@ -88,7 +74,7 @@ class LocalBroker:
             self.proc = subprocess.Popen(
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env, preexec_fn=_set_pdeathsig)
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env, preexec_fn=set_pdeathsig)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
