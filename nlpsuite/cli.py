@@ -192,9 +192,14 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     from nlpsuite.services.monitor.app import Monitor
+    from nlpsuite.shared.tracing import TracingUnavailable
 
     stages = ("score", "aggregate") if args.stage == "all" else (args.stage,)
-    return Monitor(_monitor_settings(args), stages=stages).run_forever()
+    try:
+        return Monitor(_monitor_settings(args), stages=stages).run_forever()
+    except TracingUnavailable as exc:
+        print(f"nlpsuite stream: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_kafka_args(p: argparse.ArgumentParser) -> None:
@@ -229,6 +234,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from nlpsuite.shared.config import ConfigError, load_settings
     from nlpsuite.shared.logs import configure_logging
     from nlpsuite.shared.server import serve_forever
+    from nlpsuite.shared.tracing import TracingUnavailable
 
     try:
         settings = load_settings(args.config)
@@ -237,7 +243,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging("DEBUG" if args.verbose else settings.log_level)
     names = list(SERVICES) if args.service == "all" else [args.service]
-    asyncio.run(serve_forever(make_services(names, settings)))
+    try:
+        asyncio.run(serve_forever(make_services(names, settings)))
+    except TracingUnavailable as exc:
+        print(f"nlpsuite serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
