@@ -264,3 +264,26 @@ def test_rapid_reset_on_one_connection_does_not_hurt_other_clients(built_classif
     print(f"rapid reset: {sent} streams sent; other clients: {len(results)} calls, failed: {failed[:5]}")
     assert healthy == health_pb2.HealthCheckResponse.SERVING
     assert len(results) > 20 and failed == []
+
+
+def test_a_closed_stream_stops_its_pending_items(built_classifier):
+    """A client that cancels its AnalyzeStream while items wait behind one worker: those items leave the queue
+    unrun (counted as dropped), and the gauges return to zero."""
+    from nlpsuite.shared.config import BatchSettings
+
+    service = SentimentService(settings_for(built_classifier, batch=BatchSettings(workers=1, max_batch_size=1)))
+    text = long_text(600, 2)
+    with ServerThread(service).start() as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
+        items = (sentiment_pb2.AnalyzeStreamRequest(request_id=str(i), text=text) for i in range(300))
+        call = stub.AnalyzeStream(items, timeout=120)
+        assert wait_for(lambda: metric(service, "nlpsuite_queue_depth") >= 50, 30), "the stream did not queue"
+        call.cancel()
+        settled = wait_for(lambda: metric(service, "nlpsuite_queue_depth") == 0
+                           and metric(service, "nlpsuite_in_flight", method="AnalyzeStream") == 0, 10)
+        ran = metric(service, "nlpsuite_texts_run_total")
+        dropped = metric(service, "nlpsuite_dropped_texts_total", reason="cancelled")
+        channel.close()
+    print(f"stream of 300 cancelled: {ran:.0f} texts run, {dropped:.0f} dropped unrun")
+    assert settled and dropped >= 40 and ran + dropped <= 300
