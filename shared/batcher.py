@@ -80,6 +80,7 @@ class _Item:
     deadline: float | None
     lane: Lane
     future: asyncio.Future = field(repr=False)
+    solo: bool = True  # False: another model runs this text at the same time, so its batch keeps to one core
 
     @property
     def length(self) -> int:
@@ -267,15 +268,18 @@ class DynamicBatcher:
 
     # -- submitting ------------------------------------------------------------------------------------
     def submit_many(self, ids: Sequence[list[int]], deadline: float | None = None,
-                    lane: Lane = "interactive") -> list[asyncio.Future]:
-        """Queue texts (all or none: a full lane raises QueueFullError). `deadline` is time.monotonic()-based."""
+                    lane: Lane = "interactive", solo: bool = True) -> list[asyncio.Future]:
+        """Queue texts (all or none: a full lane raises QueueFullError). `deadline` is time.monotonic()-based.
+
+        `solo=False`: the caller runs these texts through another model at the same moment (chat scores each
+        message with two), so a batch holding them never takes the solo session: each model keeps its own core."""
         self.admit(len(ids), deadline, lane)
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         queue = self._lanes[lane]
         futures = []
         for seq_ids in ids:
-            item = _Item(next(self._seq), list(seq_ids), now, deadline, lane, loop.create_future())
+            item = _Item(next(self._seq), list(seq_ids), now, deadline, lane, loop.create_future(), solo)
             item.future.add_done_callback(functools.partial(self._on_done, item))
             queue.add(item)
             futures.append(item.future)
@@ -302,8 +306,8 @@ class DynamicBatcher:
                                      f"the deadline ({max(0.0, deadline - now):.3f} s left)")
 
     async def submit(self, ids: Sequence[list[int]], deadline: float | None = None,
-                     lane: Lane = "interactive") -> list[ItemResult]:
-        futures = self.submit_many(ids, deadline, lane)
+                     lane: Lane = "interactive", solo: bool = True) -> list[ItemResult]:
+        futures = self.submit_many(ids, deadline, lane, solo)
         try:
             if len(futures) == 1:  # the common case; gather() costs a wrapper future and callbacks
                 return [await futures[0]]
@@ -395,7 +399,7 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.monotonic()
         self.batches += 1
-        alone = _Running.batches == 0
+        alone = _Running.batches == 0 and all(item.solo for item in batch)
         self._running += 1
         _Running.batches += 1
         try:

@@ -341,14 +341,14 @@ class ServedModel:
         return tokens.ids, tokens.truncated
 
     async def infer(self, texts: Sequence[str], timing: Timing, deadline: float | None = None,
-                    lane: Lane = "interactive") -> Inference:
+                    lane: Lane = "interactive", solo: bool = True) -> Inference:
         """Run texts through the batcher's `lane` (those in the response cache, if on, are answered from it).
-        `deadline` is time.monotonic()-based (None: no deadline)."""
+        `deadline` is time.monotonic()-based (None: no deadline); `solo`: see Batcher.submit_many."""
         active = self._active  # one version for the whole request, even if a reload swaps meanwhile
         if active is None:
             raise Unavailable(f"model {self.settings.name} is not loaded")
         if self.cache is None:
-            outputs, truncated = await self._run(active, texts, timing, deadline, lane)
+            outputs, truncated = await self._run(active, texts, timing, deadline, lane, solo)
             return Inference(outputs=outputs, truncated=truncated, model=self._info(active.model))
         version = active.model.manifest.version
         keys = [cache_key(version, text) for text in texts]
@@ -356,7 +356,8 @@ class ServedModel:
         missing = [i for i, hit in enumerate(found) if hit is None]
         self._count_cache(len(texts) - len(missing), len(missing))
         if missing:
-            outputs, truncated = await self._run(active, [texts[i] for i in missing], timing, deadline, lane)
+            outputs, truncated = await self._run(active, [texts[i] for i in missing], timing, deadline, lane,
+                                                 solo)
             for row, i in enumerate(missing):
                 found[i] = entry = (outputs[row].copy(), truncated[row])  # a copy: the batch's array is not kept
                 entry[0].setflags(write=False)
@@ -372,14 +373,14 @@ class ServedModel:
                     self.metrics.response_cache.labels(self.metrics.service, self.settings.name, result).inc(n)
 
     async def _run(self, active: _Active, texts: Sequence[str], timing: Timing, deadline: float | None,
-                   lane: Lane) -> tuple[np.ndarray, list[bool]]:
+                   lane: Lane, solo: bool) -> tuple[np.ndarray, list[bool]]:
         try:
             active.batcher.admit(len(texts), deadline, lane)  # shed before paying for tokenization
             t0 = time.perf_counter()
             with tracing.span("tokenize", attributes={"texts": len(texts)}):
                 ids, truncated = await run_cpu(text_chars(texts), self._tokenize, active.model, texts)
             timing.tokenize_us += int((time.perf_counter() - t0) * 1e6)
-            results = await active.batcher.submit(ids, deadline, lane)
+            results = await active.batcher.submit(ids, deadline, lane, solo)
         except QueueFullError as exc:
             raise Overloaded(f"{self.settings.name}: {exc}; retry later") from None
         except DeadlineExpiredError:

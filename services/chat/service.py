@@ -145,11 +145,13 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
 
     async def observe(self, texts: list[str], timing: Timing, deadline, lane: Lane = "interactive"
                       ) -> tuple[list[Observed], bool, object]:
-        """Both models on the same texts at once: intent probabilities and embeddings (for retrieval)."""
+        """Both models on the same texts at once: intent probabilities and embeddings (for retrieval). Each keeps
+        to one thread on its own core (solo=False): on 2 cores two one-thread runs side by side took 3.8 ms per
+        message where one two-thread run beside a one-thread run took 5.8 ms (AVX512-VNNI EPYC)."""
         if self.kb is None:
             raise Unavailable("the knowledge base is not loaded")
-        intents, embedded = await asyncio.gather(self.intents.infer(texts, timing, deadline, lane),
-                                                 self.embedder.infer(texts, timing, deadline, lane))
+        intents, embedded = await asyncio.gather(self.intents.infer(texts, timing, deadline, lane, solo=False),
+                                                 self.embedder.infer(texts, timing, deadline, lane, solo=False))
         if embedded.model.version != self.index_version:  # the embedder was hot-reloaded since
             await self._build_index(deadline)
             embedded = await self.embedder.infer(texts, timing, deadline, lane)
