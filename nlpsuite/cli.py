@@ -38,9 +38,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="also keep the fine-tuned Hugging Face checkpoint in the version (checkpoint/, ~90 MB for "
                         "MiniLM): `nlpsuite bench` needs it to serve the same model with PyTorch")
     p.add_argument("--teacher", type=Path, action="append", default=[],
-                   help="classify: distil from this fine-tuned classifier (a Hugging Face directory, or a model "
-                        "version published with --save-checkpoint) as well as from the labels; repeat it for an "
-                        "ensemble (mean logits)")
+                   help="distil from this fine-tuned model of the same task (a Hugging Face directory, or a model "
+                        "version published with --save-checkpoint) as well as from the data: a classifier's soft "
+                        "targets, an embedder's embeddings; repeat it for an ensemble (mean logits / embeddings)")
     p.add_argument("--distill-temperature", type=float, default=hp.distill_temperature)
     p.add_argument("--distill-weight", type=float, default=hp.distill_weight,
                    help="the teacher's share of the loss (0..1); the labels get the rest")

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
-from nlpsuite.pipeline.distill import check_settings, check_teacher, ensemble_logits
+from nlpsuite.pipeline.distill import check_settings, check_teacher, ensemble_logits, teacher_embeddings
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
@@ -62,8 +62,8 @@ class BuildConfig(BaseModel):
     # Off by default: the repository is what gets deployed and serving never reads torch weights; the
     # checkpoint adds ~90 MB per MiniLM version and is needed only by `nlpsuite bench` and re-exports.
     save_checkpoint: bool = False
-    # Fine-tuned classifiers (checkpoint dirs or published versions) whose averaged soft targets the student also
-    # learns from: one teacher, or an ensemble.
+    # Fine-tuned models of the build's task (checkpoint dirs or published versions) the student also learns from:
+    # classifiers' averaged soft targets, or embedders' averaged embeddings; one teacher, or an ensemble.
     teachers: list[Path] = Field(default_factory=list)
 
     model_config = {"arbitrary_types_allowed": True}
@@ -155,10 +155,12 @@ def build(config: BuildConfig) -> ModelVersion:
 
     if config.teachers:
         check_settings(hp.distill_weight, hp.distill_temperature)
-    teachers = [check_teacher(path, config.task, labels) for path in config.teachers]
-    soft_targets = ensemble_logits(teachers, train.texts, labels, hp.max_length) if teachers else None
-    result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress,
-                       teacher_logits=soft_targets)
+    teachers = [check_teacher(path, config.task, labels, base_config.get("hidden_size")) for path in config.teachers]
+    targets = None
+    if teachers:
+        targets = (ensemble_logits(teachers, train.texts, labels, hp.max_length) if config.task == "classify"
+                   else teacher_embeddings(teachers, train.texts, hp.max_length))
+    result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress, teacher_outputs=targets)
     model, tokenizer = result.model, result.tokenizer
 
     repo = ModelRepository(config.repository)

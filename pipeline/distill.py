@@ -1,4 +1,6 @@
-"""Knowledge distillation for `nlpsuite build --teacher DIR`: a fine-tuned classifier's soft targets teach the student.
+"""Knowledge distillation for `nlpsuite build --teacher DIR`: a fine-tuned model teaches the student.
+
+A classifier teaches a classifier with its soft targets.
 
 The student (the base checkpoint, pruned with --keep-layers if asked) learns from both the labels and the teacher's
 probabilities, which say how alike the classes look to a stronger model (Hinton et al., 2015):
@@ -9,7 +11,16 @@ T^2 keeps the soft term's gradients on the hard term's scale whatever T is. The 
 dropout, so its logits over the training texts are computed once, before training: on a CPU one pass instead of a
 teacher forward at every step, with the same result.
 
-A teacher is a Hugging Face classifier directory, or a version in a model repository published with
+An embedder teaches an embedder with its embeddings: the student's unit vector for a text is pulled toward the
+teacher's, beside the contrastive loss on the data's pairs,
+
+    loss = weight * mean(1 - cos(student, teacher)) / tau + (1 - weight) * contrastive
+
+where tau is the contrastive temperature, so both terms are in the same units (similarity / tau: a student whose
+vectors sit 0.05 in cosine from the teacher's pays what a positive pair 0.05 below a negative costs). This is how a
+pruned embedder (--keep-layers) keeps the geometry of the full one its retrieval was calibrated on.
+
+A teacher is a Hugging Face classifier (or encoder) directory, or a version in a model repository published with
 `--save-checkpoint` (its `checkpoint/`). It must predict exactly the data's labels. Several teachers (an ensemble,
 e.g. the same recipe from other seeds) teach with their mean logits.
 """
@@ -53,13 +64,20 @@ def check_settings(weight: float, temperature: float) -> None:
         raise TeacherError(f"--distill-temperature {temperature}: must be above 0")
 
 
-def check_teacher(path: Path, task: str, labels: list[str]) -> Path:
-    """The teacher's checkpoint, checked against this build before any training: a classifier of the same labels."""
-    if task != "classify":
-        raise TeacherError("--teacher distils classifiers; distilling an embedder is not supported yet")
+def check_teacher(path: Path, task: str, labels: list[str], hidden_size: int | None = None) -> Path:
+    """The teacher's checkpoint, checked against this build before any training: for a classifier, a classifier of
+    the same labels; for an embedder, an encoder (not a classifier) with the student's width (`hidden_size`)."""
     checkpoint = resolve_teacher(path)
     config = check_checkpoint(checkpoint, role="teacher")
     architectures = config.get("architectures") or []
+    if task == "embed":
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise TeacherError(f"teacher {checkpoint} is a classifier: an embed build needs an embedder as its "
+                               f"teacher (a model built with --task embed)")
+        if hidden_size is not None and config.get("hidden_size") != hidden_size:
+            raise TeacherError(f"teacher {checkpoint} embeds in {config.get('hidden_size')} dimensions, the student "
+                               f"in {hidden_size}: an embedder teaches a student of its own width")
+        return checkpoint
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise TeacherError(f"teacher {checkpoint} is not a classifier (architectures: {architectures or 'none'}): "
                            f"a classify build needs a fine-tuned sequence classifier as its teacher")
@@ -86,6 +104,27 @@ def teacher_logits(checkpoint: Path, texts: list[str], labels: list[str], max_le
 def ensemble_logits(checkpoints: list[Path], texts: list[str], labels: list[str], max_length: int) -> np.ndarray:
     """The teachers' mean logits: an ensemble's soft targets (one teacher: its own)."""
     return np.mean([teacher_logits(c, texts, labels, max_length) for c in checkpoints], axis=0).astype(np.float32)
+
+
+def teacher_embeddings(checkpoints: list[Path], texts: list[str], max_length: int) -> np.ndarray:
+    """The teachers' unit-norm mean-pooled embeddings of `texts` (several teachers: their normalised mean)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    rows = []
+    for checkpoint in checkpoints:
+        model = AutoModel.from_pretrained(str(checkpoint), local_files_only=True, attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True, local_files_only=True)
+        rows.append(predict_torch(model, tokenizer, texts, "embed", max_length))
+        log.info("teacher %s embedded %d training texts", checkpoint, len(texts))
+    mean = np.mean(rows, axis=0)
+    return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)).astype(np.float32)
+
+
+def embedding_distillation_loss(student, teacher, contrastive, temperature: float, weight: float):
+    """weight * mean(1 - cos(student, teacher)) / temperature + (1 - weight) * the contrastive loss; `student` and
+    `teacher` are unit vectors, `temperature` the contrastive one."""
+    gap = (1 - (student * teacher).sum(-1)).mean() / temperature
+    return weight * gap + (1 - weight) * contrastive
 
 
 def distillation_loss(student, teacher, target, temperature: float, weight: float):

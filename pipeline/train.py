@@ -199,8 +199,10 @@ def dev_score(model, tokenizer, task: str, train: Dataset, dev: Dataset, labels:
     return nearest_centroid_accuracy(train_emb, list(sample[1]), dev_emb, dev.labels)
 
 
-def _contrastive_batch(indices: list[int], data: Dataset, by_label: dict[str, list[int]], rng: random.Random):
-    """Anchor/positive pairs with at most one anchor per label, so in-batch negatives are true negatives."""
+def _contrastive_batch(indices: list[int], data: Dataset, by_label: dict[str, list[int]], rng: random.Random
+                       ) -> tuple[list[int], list[int]]:
+    """Anchor/positive pairs (indices into `data`) with at most one anchor per label, so in-batch negatives are true
+    negatives."""
     seen, anchors, positives = set(), [], []
     for i in indices:
         label = data.labels[i]
@@ -210,22 +212,23 @@ def _contrastive_batch(indices: list[int], data: Dataset, by_label: dict[str, li
         j = i
         while j == i:
             j = rng.choice(by_label[label])
-        anchors.append(data.texts[i])
-        positives.append(data.texts[j])
+        anchors.append(i)
+        positives.append(j)
     return anchors, positives
 
 
 def fine_tune(
     base: Path, task: Literal["classify", "embed"], train: Dataset, dev: Dataset,
-    labels: list[str], hp: Hyperparameters, progress: bool = True, teacher_logits: np.ndarray | None = None,
+    labels: list[str], hp: Hyperparameters, progress: bool = True, teacher_outputs: np.ndarray | None = None,
 ) -> TrainResult:
-    """Fine-tune the base checkpoint; with `teacher_logits` (one row per training text, columns in `labels` order) a
-    classifier learns from them and the labels together (pipeline/distill.py)."""
+    """Fine-tune the base checkpoint; with `teacher_outputs` (one row per training text: a classifier teacher's logits
+    with columns in `labels` order, or an embedder teacher's unit embeddings) the student learns from them and the
+    labels together (pipeline/distill.py)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from nlpsuite.pipeline.distill import distillation_loss
+    from nlpsuite.pipeline.distill import distillation_loss, embedding_distillation_loss
 
     seed_everything(hp.seed)
     model, tokenizer = load_for_task(base, task, labels, hp.keep_layers)
@@ -272,22 +275,26 @@ def fine_tune(
                 enc = {k: v.to(device) for k, v in enc.items()}
                 target = torch.tensor([label_index[train.labels[i]] for i in batch], device=device)
                 logits = model(**enc).logits
-                if teacher_logits is None:
+                if teacher_outputs is None:
                     loss = torch.nn.functional.cross_entropy(logits, target)
                 else:
-                    soft = torch.from_numpy(teacher_logits[batch]).to(device)
+                    soft = torch.from_numpy(teacher_outputs[batch]).to(device)
                     loss = distillation_loss(logits, soft, target, hp.distill_temperature, hp.distill_weight)
             else:
                 anchors, positives = _contrastive_batch(batch, train, by_label, rng)
                 if len(anchors) < 2:
                     continue
-                enc = tokenizer(anchors + positives, padding=True, truncation=True,
+                rows = anchors + positives
+                enc = tokenizer([train.texts[i] for i in rows], padding=True, truncation=True,
                                 max_length=hp.max_length, return_tensors="pt", return_token_type_ids=False)
                 enc = {k: v.to(device) for k, v in enc.items()}
                 emb = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
                 a, p = emb[: len(anchors)], emb[len(anchors):]
                 sims = a @ p.T / hp.temperature
                 loss = torch.nn.functional.cross_entropy(sims, torch.arange(len(anchors), device=device))
+                if teacher_outputs is not None:
+                    target_emb = torch.from_numpy(teacher_outputs[rows]).to(device)
+                    loss = embedding_distillation_loss(emb, target_emb, loss, hp.temperature, hp.distill_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

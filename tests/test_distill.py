@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -134,12 +135,69 @@ def test_an_ensemble_teaches_with_its_mean_logits(teacher, tiny_checkpoint, sent
     np.testing.assert_allclose(one[:, [1, 2, 0]], ordered, rtol=1e-6)
 
 
-def test_an_embedder_build_with_a_teacher_is_refused(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
+def test_an_embedder_build_with_a_classifier_teacher_is_refused(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
     from nlpsuite.pipeline.build import build
 
-    with pytest.raises(ValueError, match="distilling an embedder is not supported yet"):
-        build(quick_config(task="embed", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
+    with pytest.raises(ValueError, match="is a classifier: an embed build needs an embedder as its teacher"):
+        build(quick_config(task="embed", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path / "r",
                            teachers=[teacher.path]))
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_embedder_teacher_of_another_width_is_refused(tiny_checkpoint, sentiment_csv, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from nlpsuite.pipeline.build import build
+
+    wide = tmp_path / "wide"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=96, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=96, max_position_embeddings=128)).save_pretrained(wide)
+    for tokenizer_file in tiny_checkpoint.glob("*token*"):
+        shutil.copy(tokenizer_file, wide)
+    with pytest.raises(ValueError, match="embeds in 96 dimensions, the student in 64"):
+        build(quick_config(task="embed", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path / "r",
+                           teachers=[wide]))
+
+
+def test_the_embedding_loss_is_zero_on_the_teacher_and_weighs_the_contrastive_rest():
+    from nlpsuite.pipeline.distill import embedding_distillation_loss
+
+    gen = torch.Generator().manual_seed(1)
+    teacher = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    student = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    contrastive = torch.tensor(2.5)
+    assert float(embedding_distillation_loss(teacher, teacher, contrastive, 0.05, 1.0)) == pytest.approx(0, abs=1e-6)
+    gap = float((1 - (student * teacher).sum(-1)).mean()) / 0.05
+    assert float(embedding_distillation_loss(student, teacher, contrastive, 0.05, 0.25)) == pytest.approx(
+        0.25 * gap + 0.75 * 2.5, rel=1e-6)
+
+
+def test_a_distilled_embedder_is_closer_to_its_teacher_than_a_plainly_trained_one(tiny_checkpoint, sentiment_csv,
+                                                                                 tmp_path):
+    """A 1-layer student of a 2-layer embedder teacher: distillation pulls its vectors toward the teacher's."""
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.train import Hyperparameters
+    from nlpsuite.shared.model import open_model
+
+    texts = [row["text"] for row in csv.DictReader(open(sentiment_csv, newline=""))][::4]
+    teacher_hp = Hyperparameters(epochs=2, max_steps=24, batch_size=16, learning_rate=1e-3, max_length=64, seed=7)
+    teacher = build(quick_config(task="embed", name="teacher", data=sentiment_csv, base=tiny_checkpoint,
+                                 repository=tmp_path / "t", hyperparameters=teacher_hp, save_checkpoint=True))
+    hp = Hyperparameters(epochs=2, max_steps=24, batch_size=16, learning_rate=1e-3, max_length=64, keep_layers=1,
+                         distill_weight=0.9)
+    plain = build(quick_config(task="embed", name="plain", data=sentiment_csv, base=tiny_checkpoint,
+                               repository=tmp_path, hyperparameters=hp))
+    distilled = build(quick_config(task="embed", name="distilled", data=sentiment_csv, base=tiny_checkpoint,
+                                   repository=tmp_path, hyperparameters=hp, teachers=[teacher.path.parent]))
+
+    def vectors(version):
+        return open_model(version, provider="cpu", variant="fp32").predict(texts)
+
+    target = vectors(teacher)
+    gap = lambda version: float(np.mean(1 - np.sum(vectors(version) * target, axis=1)))  # noqa: E731
+    assert gap(distilled) < 0.5 * gap(plain)
+    assert distilled.manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
+    assert distilled.manifest.layers_kept == 1
 
 
 @pytest.mark.parametrize("weight,temperature,message", [
@@ -204,3 +262,14 @@ def test_compare_tables_accuracy_speed_and_size_and_marks_the_front(teacher, bui
     table_rows = [row(0.9, 100), row(0.8, 200), row(0.8, 150), row(0.9, 100)]
     mark_front(table_rows)
     assert [r.pareto for r in table_rows] == [True, True, False, True]  # a tie dominates neither
+
+
+def test_the_example_embedder_is_a_three_layer_student_of_a_six_layer_teacher(tmp_path):
+    from nlpsuite.pipeline.defaults import default_configs, teacher_configs
+
+    configs = default_configs(tmp_path)
+    teacher = teacher_configs(configs)["embedder"]
+    assert configs["embedder"].hyperparameters.keep_layers == 3
+    assert teacher.hyperparameters.keep_layers is None and teacher.save_checkpoint and teacher.variants == ("fp32",)
+    assert (teacher.task, teacher.data) == (configs["embedder"].task, configs["embedder"].data)
+    assert set(teacher_configs(configs)) == {"embedder"}
