@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from nlpsuite.pipeline.data import DataError
-from nlpsuite.services.recommend.scoring import Ranker, auc, fit_logistic, user_vectors
+from nlpsuite.pipeline.ranking import auc, fit_logistic
+from nlpsuite.services.recommend.scoring import Ranker, user_vectors
 from nlpsuite.shared.model import LoadedModel, open_model_dir
 from nlpsuite.shared.model_repo import Manifest, ModelRepository, ModelVersion, write_manifest
 

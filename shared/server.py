@@ -17,6 +17,7 @@ from nlpsuite.shared.config import ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
+from nlpsuite.shared.priority import Lane, lane_of
 from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared import tracing
 from nlpsuite.shared.serving import ServedModel, Timing
@@ -107,6 +108,98 @@ def unary(method: str, field: str):
                 self.in_flight -= 1
                 gauge.dec()
                 self.metrics.observe_request(method, code, timing.stages())
+
+        return wrapper
+
+    return decorate
+
+
+ItemHandler = Callable[..., Awaitable]  # (self, item, context, timing, lane) -> the item's reply
+ErrorReply = Callable[..., object]  # (self, item or MalformedRequest, "CODE: message", timing) -> the item's reply
+
+
+def stream(method: str, field: str, error_reply: ErrorReply, window: Callable[[Service], int]):
+    """Wrap the per-item logic of a bidirectional stream `(self, item, context, timing, lane) -> reply`: the lane and
+    trace context read once per stream, each item's malformed-request and size checks, its status mapping (an item
+    that fails gets `error_reply`, the stream goes on) and metrics (`<method>.item` per item, `<method>` per stream).
+
+    Each item runs as soon as it arrives (batched with everything else); replies go out in completion order.
+    Backpressure: an item takes a slot of the stream's window (`window(self)` items) before it is read and gives
+    it back once its reply has been handed to gRPC, which waits for the client's HTTP/2 flow control. A client that
+    stops reading therefore stops the stream after that many items: nothing more is read, scored or held."""
+
+    def decorate(fn: ItemHandler):
+        @functools.wraps(fn)
+        async def wrapper(self: Service, request_iterator, context: grpc.aio.ServicerContext):
+            try:
+                lane: Lane = lane_of(context)
+            except ServiceError as exc:
+                self.metrics.requests.labels(self.short_name, method, exc.code.name).inc()
+                await context.abort(exc.code, str(exc))
+            carrier = tracing.carrier_of_metadata(context.invocation_metadata()) if tracing.enabled() else None
+            out: asyncio.Queue = asyncio.Queue()
+            pending: set[asyncio.Task] = set()
+            slots = asyncio.Semaphore(window(self))
+            code = "OK"
+
+            async def one(item) -> None:
+                timing = Timing(time.perf_counter())
+                try:
+                    if isinstance(item, MalformedRequest):
+                        raise InvalidArgument(str(item))
+                    self.check_size(item, field)
+                    with tracing.span(f"{self.service_name}/{method}.item", carrier, kind="server"):
+                        reply = await fn(self, item, context, timing, lane)
+                    status = "OK"
+                except ServiceError as exc:
+                    reply = error_reply(self, item, f"{exc.code.name}: {exc}", timing)
+                    status = exc.code.name
+                except Exception as exc:  # noqa: BLE001 - one bad item must not end the stream
+                    log.error("stream item failed", extra={"service": self.short_name, "method": method,
+                                                           **failure(exc)})
+                    log.debug("stream item failure detail", exc_info=True)  # the message may quote the text
+                    reply = error_reply(self, item, "INTERNAL: internal error", timing)
+                    status = "INTERNAL"
+                self.metrics.observe_request(f"{method}.item", status, timing.stages())
+                await out.put(reply)
+
+            async def reader() -> None:
+                items = request_iterator.__aiter__()
+                try:
+                    while True:
+                        await slots.acquire()
+                        try:
+                            item = await items.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        task = asyncio.create_task(one(item))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    if pending:
+                        await asyncio.gather(*list(pending), return_exceptions=True)
+                finally:
+                    out.put_nowait(None)
+
+            read_task = asyncio.create_task(reader())
+            open_streams = self.metrics.in_flight_of(method)
+            open_streams.inc()
+            try:
+                while True:
+                    reply = await out.get()
+                    if reply is None:
+                        break
+                    yield reply
+                    slots.release()
+                await read_task
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                open_streams.dec()
+                read_task.cancel()
+                for task in list(pending):
+                    task.cancel()
+                self.metrics.requests.labels(self.short_name, method, code).inc()
 
         return wrapper
 

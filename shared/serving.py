@@ -1,4 +1,6 @@
-"""A model served behind a dynamic batcher: token limits, timing, and errors mapped to gRPC codes."""
+"""A model served behind a dynamic batcher: token limits, timing, and errors mapped to gRPC codes.
+
+No wire types here: what a request ran on is a `ModelRef`, and shared/rpc.py turns it and `Timing` into protos."""
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +29,6 @@ from nlpsuite.shared.providers import GPU_PROVIDERS, ShapeProfile
 from nlpsuite.shared.runtime import expected_provider, owned_cores
 from nlpsuite.shared.self_test import read_golden, run_self_test
 from nlpsuite.shared.tokenization import TextTooLongError
-from nlpsuite.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,26 @@ class Timing:
     queue_us: int = 0
     inference_us: int = 0
 
-    def proto(self) -> common_pb2.Timing:
-        total = int((time.perf_counter() - self.started) * 1e6)
-        return common_pb2.Timing(tokenize_us=self.tokenize_us, queue_us=self.queue_us,
-                                 inference_us=self.inference_us, total_us=total)
-
     def stages(self) -> dict[str, int]:
         return {"tokenize": self.tokenize_us, "queue": self.queue_us, "inference": self.inference_us,
                 "total": int((time.perf_counter() - self.started) * 1e6)}
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """Which model version and variant ran a request, on which provider (empty fields: not loaded)."""
+
+    name: str
+    version: str = ""
+    variant: str = ""
+    provider: str = ""
+
+
+@dataclass(frozen=True)
 class Inference:
     outputs: np.ndarray  # [n, labels] probabilities (classifier) or [n, dim] unit embeddings (embedder)
     truncated: list[bool]
-    model: common_pb2.ModelInfo  # the version that really ran these texts (it may change on hot reload)
+    model: ModelRef  # the version that really ran these texts (it may change on hot reload)
 
 
 def cache_key(version: str, text: str) -> tuple[str, bytes]:
@@ -121,14 +127,14 @@ class ServedModel:
     def refused(self) -> dict[str, str]:
         return dict(self._refused)
 
-    def info(self) -> common_pb2.ModelInfo:
+    def info(self) -> ModelRef:
         return self._info(self.model)
 
-    def _info(self, model: LoadedModel | None) -> common_pb2.ModelInfo:
+    def _info(self, model: LoadedModel | None) -> ModelRef:
         if model is None:
-            return common_pb2.ModelInfo(name=self.settings.name)
+            return ModelRef(name=self.settings.name)
         m = model.manifest
-        return common_pb2.ModelInfo(name=m.name, version=m.version, variant=model.variant, provider=model.provider)
+        return ModelRef(name=m.name, version=m.version, variant=model.variant, provider=model.provider)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def _load_blocking(self, version: str | None) -> LoadedModel:
@@ -399,10 +405,4 @@ class ServedModel:
                                                         "batch_size": max(r.batch_size for r in results)})
         outputs = np.stack([r.output for r in results]) if results else np.zeros((0, 0), np.float32)
         return outputs, truncated
-
-
-def deadline_of(context) -> float | None:
-    """The RPC's deadline on the time.monotonic() clock, or None."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
 

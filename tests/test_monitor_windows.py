@@ -37,7 +37,7 @@ def test_fires_once_when_all_thresholds_pass_and_cooldown_holds_the_rest():
     # The window that passes with the most negatives, latest start on ties: [09:40, 10:10).
     assert a.window_start == datetime(2026, 3, 2, 9, 40, tzinfo=timezone.utc)
     assert a.id == alert_id("entity", "MWCH", "negative-surge", int(a.window_start.timestamp()))
-    assert [h["id"] for h in a.headlines] == ["n-2", "n-3", "n-4"]
+    assert [h.id for h in a.headlines] == ["n-2", "n-3", "n-4"]
 
 
 def test_below_count_share_or_ratio_does_not_fire():

@@ -45,9 +45,13 @@ def test_an_unknown_priority_is_invalid_argument(built_classifier):
         stub = sentiment_pb2_grpc.SentimentServiceStub(channel := grpc.insecure_channel(server.target))
         with pytest.raises(grpc.RpcError) as err:
             stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["x"]), metadata=[(PRIORITY_KEY, "urgent")], timeout=10)
+        with pytest.raises(grpc.RpcError) as stream_err:
+            list(stub.AnalyzeStream(iter([sentiment_pb2.AnalyzeStreamRequest(request_id="a", text="x")]),
+                                    metadata=[(PRIORITY_KEY, "urgent")], timeout=10))
         channel.close()
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert PRIORITY_KEY in err.value.details() and "interactive, bulk" in err.value.details()
+    for error in (err.value, stream_err.value):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert PRIORITY_KEY in error.details() and "interactive, bulk" in error.details()
     assert lane_texts(service) == {"interactive": 0, "bulk": 0}
 
 

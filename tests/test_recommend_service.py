@@ -11,7 +11,8 @@ import pytest
 
 from nlpsuite.cli import main as cli_main
 from nlpsuite.services.recommend.client import RecommendClient
-from nlpsuite.services.recommend.scoring import Ranker, auc, user_vectors
+from nlpsuite.pipeline.ranking import auc
+from nlpsuite.services.recommend.scoring import Ranker, user_vectors
 from nlpsuite.services.recommend.service import RecommendService
 from nlpsuite.shared.config import ModelSettings, RecommendSettings
 from nlpsuite.shared.model import open_model

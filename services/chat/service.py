@@ -23,7 +23,8 @@ from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.model_repo import read_label_examples
 from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
-from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto
+from nlpsuite.shared.serving import ModelRef, ServedModel, Timing
 from nlpsuite.shared.tokenization import HEAD_CHARS_PER_TOKEN
 from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
@@ -115,8 +116,8 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
             best = int(np.argmax(probs))
             predictions.append(chat_pb2.IntentPrediction(intent=labels[best], confidence=float(probs[best]),
                                                          top=self._top(probs), truncated=truncated))
-        return chat_pb2.ClassifyIntentResponse(predictions=predictions, model=result.model,
-                                               timing=timing.proto())
+        return chat_pb2.ClassifyIntentResponse(predictions=predictions, model=model_info(result.model),
+                                               timing=timing_proto(timing))
 
     @unary("Reply", field="message")
     async def Reply(self, request: chat_pb2.ReplyRequest, context, timing: Timing):
@@ -133,14 +134,14 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         reply = chat_pb2.ReplyResponse(
             intent=self.intents.labels[d.intent], confidence=d.intent_confidence, answer=out.answer,
             source=_SOURCES[out.source], handoff=out.handoff, handoff_reason=out.reason, source_id=out.source_id,
-            retrieval_confidence=d.retrieval_confidence, truncated=turn.truncated, model=turn.model)
+            retrieval_confidence=d.retrieval_confidence, truncated=turn.truncated, model=model_info(turn.model))
         if d.hit is not None:
             reply.faq_similarity = d.hit.cosine
         if out.source == "faq":
             reply.faq_id = out.source_id
         conv.handed_off = conv.handed_off or reply.handoff
         reply.turn = self.conversations.add(conv, Turn(request.message, reply.intent, reply.confidence))
-        reply.timing.CopyFrom(timing.proto())
+        reply.timing.CopyFrom(timing_proto(timing))
         return reply
 
     async def observe(self, texts: list[str], timing: Timing, deadline, lane: Lane = "interactive"
@@ -221,7 +222,7 @@ class RoutedTurn:
     decision: Decision
     outcome: Outcome
     truncated: bool
-    model: common_pb2.ModelInfo
+    model: ModelRef
 
 
 _SOURCES = {"intent": chat_pb2.ANSWER_SOURCE_INTENT, "faq": chat_pb2.ANSWER_SOURCE_FAQ,

@@ -156,6 +156,15 @@ class Entity(BaseModel):
         return self.ticker or self.name
 
 
+class ModelRef(BaseModel):
+    """The sentiment model version that scored an item (the service's ModelInfo)."""
+
+    name: str
+    version: str
+    variant: str
+    provider: str
+
+
 class ScoredItem(BaseModel):
     """A `news.scored` record. One news item gives one record per matched entity and per topic (keyed by
     it, so one entity's news stays ordered in one partition), or a single `none` record."""
@@ -169,7 +178,7 @@ class ScoredItem(BaseModel):
     scores: list[Score]
     topics: list[str]
     entities: list[Entity]
-    model: dict[str, str]
+    model: ModelRef
     truncated: bool = False
     source_topic: str
     source_partition: int
@@ -177,6 +186,15 @@ class ScoredItem(BaseModel):
     published_ms: int | None = None  # Kafka timestamp of the news record (publish time)
     sentiment_ms: float = 0.0  # wall time of the sentiment call this item rode in
     scored_at_ms: int = 0
+
+
+class Headline(BaseModel):
+    """One of an alert's most negative headlines."""
+
+    id: str
+    headline: str
+    negative: float  # the item's negative score
+    published_at: str  # ISO 8601, UTC
 
 
 class Alert(BaseModel):
@@ -199,7 +217,7 @@ class Alert(BaseModel):
     severity: Literal["low", "medium", "high"]
     triggered_by: str  # id of the news item whose arrival made the window pass
     triggered_event_time: datetime
-    headlines: list[dict]  # the most negative headlines: id, headline, negative score, published_at
+    headlines: list[Headline]  # the most negative, most negative first
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

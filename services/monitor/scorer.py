@@ -35,7 +35,7 @@ from .delivery import (
 )
 from .merge import EventTimeMerge
 from .metrics import MonitorMetrics
-from .schema import DeadLetter, Entity, NewsItem, Rejected, ScoredItem, Score, parse_news
+from .schema import DeadLetter, Entity, ModelRef, NewsItem, Rejected, ScoredItem, Score, parse_news
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +459,6 @@ class _Invalid(Exception):
     pass
 
 
-def _model(resp) -> dict[str, str]:
+def _model(resp) -> ModelRef:
     m = resp.model
-    return {"name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider}
+    return ModelRef(name=m.name, version=m.version, variant=m.variant, provider=m.provider)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .config import SurgeRule, WindowSettings
-from .schema import Alert
+from .schema import Alert, Headline
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,8 @@ class SurgeDetector:
             negatives=neg, total=total, share=round(share, 4), baseline=round(baseline, 4),
             ratio=round(ratio, 3), severity=self._severity(neg, share, ratio),
             triggered_by=event.id, triggered_event_time=_utc(event.time),
-            headlines=[{"id": e.id, "headline": e.headline, "negative": round(e.negative_score, 4),
-                        "published_at": _utc(e.time).isoformat()} for e in negatives[: self.w.top_headlines]],
+            headlines=[Headline(id=e.id, headline=e.headline, negative=round(e.negative_score, 4),
+                                published_at=_utc(e.time).isoformat()) for e in negatives[: self.w.top_headlines]],
         )
 
     def _severity(self, neg: int, share: float, ratio: float) -> str:

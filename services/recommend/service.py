@@ -15,10 +15,11 @@ from nlpsuite.shared.errors import InvalidArgument, Unavailable
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
 from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
-from nlpsuite.shared.serving import ServedModel, Timing, deadline_of
+from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto
+from nlpsuite.shared.serving import ModelRef, ServedModel, Timing
 from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_items, check_text
-from nlpsuite.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
+from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
 
     # -- scoring ---------------------------------------------------------------------------------------
     async def _vectors(self, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline,
-                       lane: Lane = "interactive") -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo]:
+                       lane: Lane = "interactive") -> tuple[list[np.ndarray], list[bool], ModelRef]:
         """Embeddings for (key, text) pairs, all from one embedder version (cache entries are per version).
 
         A hot reload between the cache lookups and the model call would mix versions: then start over once.
@@ -105,7 +106,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         raise Unavailable("the embedder changed version during the request; retry")
 
     async def _vectors_of(self, version: str, keyed: list[tuple[tuple[str, str], str]], timing: Timing, deadline,
-                          lane: Lane) -> tuple[list[np.ndarray], list[bool], common_pb2.ModelInfo | None]:
+                          lane: Lane) -> tuple[list[np.ndarray], list[bool], ModelRef | None]:
         """Cached ones free, the rest in one batched model call (and the version that ran it, if any)."""
         keyed = [((version, *key), text) for key, text in keyed]
         found: dict[tuple[str, ...], np.ndarray] = {}
@@ -132,7 +133,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         return [found[key] for key, _ in keyed], cached, ran
 
     async def _score(self, request, context, timing: Timing
-                     ) -> tuple[list[recommend_pb2.ScoredItem], common_pb2.ModelInfo]:
+                     ) -> tuple[list[recommend_pb2.ScoredItem], ModelRef]:
         if self.ranker is None or not self.embedder.loaded:
             raise Unavailable("the recommender is not loaded")
         self._check(request)
@@ -157,7 +158,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
     @unary("Score", field="candidates")
     async def Score(self, request: recommend_pb2.ScoreRequest, context, timing: Timing):
         items, info = await self._score(request, context, timing)
-        return recommend_pb2.ScoreResponse(items=items, model=info, timing=timing.proto())
+        return recommend_pb2.ScoreResponse(items=items, model=model_info(info), timing=timing_proto(timing))
 
     @unary("Rank", field="candidates")
     async def Rank(self, request: recommend_pb2.RankRequest, context, timing: Timing):
@@ -165,4 +166,4 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
             raise InvalidArgument("k is required (the number of candidates to return, at least 1)")
         items, info = await self._score(request, context, timing)
         items.sort(key=lambda item: -item.score)
-        return recommend_pb2.RankResponse(items=items[: request.k], model=info, timing=timing.proto())
+        return recommend_pb2.RankResponse(items=items[: request.k], model=model_info(info), timing=timing_proto(timing))
