@@ -7,9 +7,8 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nlpsuite.services.sentiment.watchlist import (
-    FOLDS_TO_ASCII, Company, Mention, Watchlist, WatchlistFile, _phrase_pattern, _ticker_pattern,
-)
+from nlpsuite.services.sentiment.watchlist import FOLDS_TO_ASCII, Mention, Watchlist, _phrase_pattern, _ticker_pattern
+from nlpsuite.shared.watchlist_file import Company, WatchlistFile
 
 SPEC = WatchlistFile(
     companies=[

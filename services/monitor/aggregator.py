@@ -26,7 +26,7 @@ from nlpsuite.shared import tracing
 
 from .config import MonitorSettings
 from .delivery import (
-    Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, raise_if_unreadable, sleep_until,
+    Backoff, Listener, Publisher, first_offsets, next_offsets, publish_confirmed, raise_if_unreadable, sleep_until,
 )
 from .metrics import MonitorMetrics
 from .schema import Alert, ScoredItem
@@ -222,19 +222,17 @@ class Aggregator:
                     headers = tracing.headers(carrier=tracing.carrier_of_headers(rec.headers)) \
                         if tracing.enabled() and rec.headers else None
                     alerts.append((tp.partition, alert, published_ms, headers))
-        while True:
-            try:
-                futures = [self.publisher.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(),
-                                               partition=p, headers=h) for p, a, _, h in alerts]
-                self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
-                break
-            except PublishFailed as exc:
-                self.metrics.publish_failures.labels("alert").inc()
-                log.warning("publishing alerts failed (%s); replacing the producer and retrying", exc)
-                self.publisher.replace()
-                sleep_until(time.monotonic() + backoff.next(), self.stop)
-                if self.stop.is_set():
-                    return False  # nothing committed: replayed (same ids) after restart
+        def send(_attempt: int) -> list:
+            return [self.publisher.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(), partition=p,
+                                        headers=h) for p, a, _, h in alerts]
+
+        def wait(delay: float) -> bool:
+            sleep_until(time.monotonic() + delay, self.stop)
+            return not self.stop.is_set()
+
+        if not publish_confirmed(self.publisher, send, self.s.kafka.request_timeout_ms / 1000 + 5, "alerts",
+                                 self.metrics.publish_failures.labels("alert").inc, wait, backoff):
+            return False  # nothing committed: replayed (same ids) after restart
         acked = time.time()
         for p, alert, published_ms, _ in alerts:
             self.metrics.alerts.labels(alert.key_kind).inc()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
@@ -108,6 +110,29 @@ class Publisher:
 
     def close(self, timeout_s: float = 10) -> None:
         self.producer.close(timeout=timeout_s)
+
+
+def publish_confirmed(publisher: Publisher, send: Callable[[int], list], timeout_s: float, what: str,
+                      on_failure: Callable[[], None], wait: Callable[[float], bool], backoff: Backoff,
+                      timed: Callable[[], AbstractContextManager] = nullcontext) -> bool:
+    """Produce a batch's records and wait for the broker's acks: `send(attempt)` sends every record of the batch
+    (attempt 0, 1, ...) and returns their futures. After a failure the producer is replaced and, once
+    `wait(delay)` returns True, everything is sent again (keyed records derived from the input: a resend can only
+    duplicate). False: `wait` gave up (nothing may be committed then). `timed` wraps each wait for the acks."""
+    attempt = 0
+    while True:
+        try:
+            futures = send(attempt)
+            with timed():
+                publisher.confirm(futures, timeout_s)
+            return True
+        except PublishFailed as exc:
+            on_failure()
+            log.warning("publishing %s failed (%s); replacing the producer and retrying", what, exc)
+            publisher.replace()
+            attempt += 1
+            if not wait(backoff.next()):
+                return False
 
 
 def next_offsets(records: dict) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -12,7 +12,9 @@ nothing is fetched twice and batches stay full. A partition's buffer is bounded:
 Buffered records are not committed: a batch commits only the records it took, and a rewind seeks each
 partition back to its first buffered record, so at-least-once delivery is unchanged.
 
-Pure logic: no Kafka calls. The caller tells which partitions still have unfetched records (`has_more`).
+Pure logic: no Kafka calls. The caller tells which partitions still have unfetched records (`has_more`) and may
+buffer its own wrapper of each record (anything with the record's `offset`) with the wrapper's event time
+(`time_of`): the scorer buffers each record parsed once.
 """
 from __future__ import annotations
 
@@ -33,10 +35,16 @@ def event_time(value: bytes | None) -> float | None:
         return None
 
 
+def record_time(record) -> float | None:
+    return event_time(record.value)
+
+
 class EventTimeMerge:
-    def __init__(self, align_s: float, max_buffered: int):
+    def __init__(self, align_s: float, max_buffered: int,
+                 time_of: Callable[[object], float | None] = record_time):
         self.align_s = align_s
         self.max_buffered = max_buffered
+        self.time_of = time_of
         self.buffers: dict = {}  # partition -> deque of (event time or None, record), in offset order
         # partition -> event time of its last fetched record: a lower bound of its next unfetched one
         # (a partition's items are in time order)
@@ -53,7 +61,7 @@ class EventTimeMerge:
             buf = self.buffers.setdefault(tp, deque())
             room = max(0, self.max_buffered - len(buf))
             for rec in recs[:room]:
-                t = event_time(rec.value)
+                t = self.time_of(rec)
                 buf.append((t, rec))
                 if t is not None:
                     self.fetched_time[tp] = t

@@ -157,12 +157,13 @@ class Entity(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """The sentiment model version that scored an item (the service's ModelInfo)."""
+    """The sentiment model version that scored an item (the service's ModelInfo). Records written before this was
+    typed may lack the variant and provider."""
 
     name: str
     version: str
-    variant: str
-    provider: str
+    variant: str = ""
+    provider: str = ""
 
 
 class ScoredItem(BaseModel):

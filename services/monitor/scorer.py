@@ -6,8 +6,12 @@ stage 2 keep each entity's windows in exactly one instance). Items that match no
 record keyed by their id, so every valid input id appears in `news.scored`.
 
 Delivery: the offsets of a batch are committed only after every DLQ and scored record it caused was
-acknowledged by the broker. If the sentiment service fails, the batch is retried with backoff (the
-partitions are paused meanwhile so the consumer stays in its group) and nothing is committed.
+acknowledged by the broker. If the sentiment service fails, the batch is retried with backoff and nothing is
+committed.
+
+This module is the consume loop (poll, in-flight batches, rewind); each record is parsed once, as it is polled
+(`_Polled`), and the rest lives beside it: the event-time merge (merge.py), the sentiment calls
+(sentiment_calls.py), the records a scored item becomes (scored.py), produce-confirm-commit (delivery.py).
 """
 from __future__ import annotations
 
@@ -19,23 +23,21 @@ from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import grpc
-import yaml
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared import tracing
-from nlpsuite.shared.security import open_channel
-from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 
 from .config import MonitorSettings
 from .delivery import (
-    Backoff, Listener, PublishFailed, Publisher, first_offsets, next_offsets, raise_if_unreadable,
+    Backoff, Listener, Publisher, first_offsets, next_offsets, publish_confirmed, raise_if_unreadable,
 )
 from .merge import EventTimeMerge
 from .metrics import MonitorMetrics
-from .schema import DeadLetter, Entity, ModelRef, NewsItem, Rejected, ScoredItem, Score, parse_news
+from .schema import DeadLetter, NewsItem, Rejected, parse_news
+from .scored import scored_records, ticker_names
+from .sentiment_calls import Scores, SentimentCalls
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +45,37 @@ class BatchAbandoned(Exception):
     """The batch in hand cannot finish (shutdown during an outage, or its partitions were revoked)."""
 
 
-def load_ticker_names(path) -> dict[str, str]:
-    if path is None:
-        return {}
-    data = yaml.safe_load(open(path)) or {}
-    return {c["ticker"].upper(): c["name"] for c in data.get("companies", []) if c.get("ticker")}
-
-
 @dataclass
-class _Valid:
+class _Polled:
+    """A polled `news` record, parsed once: its item (or why it is refused), content digest and trace context."""
+
     record: object
-    item: NewsItem
+    item: NewsItem | None = None
+    rejected: Rejected | None = None
+    digest: bytes = b""  # of the item's content: a reused id with other content is a duplicate_id
+    carrier: dict = field(default_factory=dict)  # the record's trace context (tracing on only)
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def event_time(self) -> float | None:
+        return self.item.event_time if self.item is not None else None
 
 
 @dataclass
 class _Batch:
-    records: dict
-    valid: list = field(default_factory=list)
+    records: dict  # partition -> polled records (or, when dropped right after a poll, the raw records)
+    valid: list[_Polled] = field(default_factory=list)
     texts: list = field(default_factory=list)
     futures: list = field(default_factory=list)  # broker acks to wait for (dead letters)
-    rejected: list = field(default_factory=list)  # (record, reason, detail) dead-lettered by the service
+    rejected: list = field(default_factory=list)  # (record, reason, detail) dead-lettered
     call: object = None  # the in-flight gRPC future
     t0: float = 0.0
     span: object = None  # the batch's tracing span (tracing on only)
     parent: dict = field(default_factory=dict)  # the trace carrier that parents `span` (its first traced item's)
+    scored_ts: list = field(default_factory=list)  # Kafka timestamps of the items published (for the latency)
 
     def ready(self) -> bool:
         return self.call is None or self.call.done()
@@ -78,20 +87,15 @@ class Scorer:
         self.metrics = metrics
         self.stop = stop
         self.shutdown_grace_s = settings.shutdown_grace_s
-        self.tickers = load_ticker_names(settings.watchlist)
+        self.tickers = ticker_names(settings.watchlist)
         self.listener = Listener(on_revoked=self._forget)
         # polled records wait here until the event-time merge releases them into a batch
-        self.merge = EventTimeMerge(settings.align_s, max_buffered=settings.buffer_max)
+        self.merge = EventTimeMerge(settings.align_s, max_buffered=settings.buffer_max,
+                                    time_of=lambda polled: polled.event_time)
         self.consumer: KafkaConsumer | None = None
         self.publisher: Publisher | None = None
         self.seen_ids: OrderedDict[str, bytes] = OrderedDict()  # news id -> digest of its content (LRU)
-        # Reconnect quickly once the service is back (gRPC's default reconnect backoff grows to 120 s).
-        options = [("grpc.initial_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
-                   ("grpc.min_reconnect_backoff_ms", int(settings.retry_initial_s * 1000)),
-                   ("grpc.max_reconnect_backoff_ms", int(settings.retry_max_s * 1000))]
-        self.channel = open_channel(settings.sentiment_target, settings.sentiment_tls, settings.sentiment_secret(),
-                                    options=options, priority=settings.sentiment_priority)
-        self.stub = sentiment_pb2_grpc.SentimentServiceStub(self.channel)
+        self.sentiment = SentimentCalls(settings, metrics)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -106,7 +110,7 @@ class Scorer:
             self.consumer.close()  # leaves the group
         if self.publisher is not None:
             self.publisher.close(timeout_s=10)
-        self.channel.close()
+        self.sentiment.close()
 
     def run(self) -> None:
         """Poll into the event-time merge buffers, release a batch from them and start its sentiment call at
@@ -149,7 +153,8 @@ class Scorer:
             try:
                 self.metrics.update_lag(self.consumer)
                 with self._timed("validate"):
-                    for tp, offset in self.merge.add(records).items():
+                    polled = {tp: [self._parse(rec) for rec in recs] for tp, recs in records.items()}
+                    for tp, offset in self.merge.add(polled).items():
                         self.consumer.seek(tp, offset)  # buffer full: fetch the rest again later
                     # Grow batches while the service is busy and records keep coming; release at once when it
                     # is idle or the poll came back empty (caught up: latency first).
@@ -197,83 +202,100 @@ class Scorer:
 
     # -- one batch -------------------------------------------------------------------------------------
     def _start(self, records: dict) -> "_Batch":
-        """Validate (dead-letter the bad ones) and send the sentiment call without waiting for it."""
+        """Dead-letter the refused records and send the valid ones' sentiment call without waiting for it."""
         batch = _Batch(records=records)
-        for tp, recs in records.items():
-            self.metrics.consumed.labels(tp.topic).inc(len(recs))
-            for rec in recs:
-                try:
-                    batch.valid.append(_Valid(rec, self._validate(rec)))
-                except Rejected as exc:
-                    batch.rejected.append((rec, exc.reason, exc.detail))
-                    batch.futures.append(self._dead_letter(rec, exc.reason, exc.detail))
+        for tp, polled in records.items():
+            self.metrics.consumed.labels(tp.topic).inc(len(polled))
+            for p in polled:
+                rejected = p.rejected or self._duplicate(p)
+                if rejected is None:
+                    batch.valid.append(p)
+                else:
+                    batch.rejected.append((p.record, rejected.reason, rejected.detail))
+                    batch.futures.append(self._dead_letter(p.record, rejected.reason, rejected.detail))
         if batch.valid:
-            batch.texts = [self._text(v.item) for v in batch.valid]
+            batch.texts = [self._text(p.item) for p in batch.valid]
             if tracing.enabled():
                 # One span per batch: the first traced item's trace is its parent, the other items' are links.
-                carriers = [c for c in (tracing.carrier_of_headers(v.record.headers) for v in batch.valid) if c]
+                carriers = [p.carrier for p in batch.valid if p.carrier]
                 batch.parent = carriers[0] if carriers else {}
                 batch.span = tracing.start("monitor.score", batch.parent, links=carriers[1:], kind="consumer",
                                            attributes={"items": len(batch.valid)})
             batch.t0 = time.perf_counter()
-            batch.call = self.stub.Analyze.future(sentiment_pb2.AnalyzeRequest(texts=batch.texts),
-                                                  timeout=self.s.sentiment_timeout_s,
-                                                  metadata=tracing.metadata(batch.span))
+            batch.call = self.sentiment.start(batch.texts, metadata=tracing.metadata(batch.span))
         return batch
 
-    def _validate(self, rec) -> NewsItem:
-        """Parse one record, or raise Rejected. Nothing a message holds may stop the stream: an unexpected
+    def _parse(self, rec) -> _Polled:
+        """Parse and validate one record, once. Nothing a message holds may stop the stream: an unexpected
         error while parsing dead-letters the message too."""
         try:
             item = parse_news(rec.value, max_bytes=self.s.max_message_bytes,
                               max_headline_chars=self.s.max_headline_chars, received_ms=rec.timestamp,
                               max_future_s=self.s.max_future_s, earliest=self.s.earliest_published_at)
-        except Rejected:
-            raise
+        except Rejected as exc:
+            return _Polled(rec, rejected=exc)
         except Exception as exc:  # noqa: BLE001
             log.error("unexpected error validating", extra={"record": f"{rec.topic}-{rec.partition}@{rec.offset}",
                                                             **failure(exc)})
             log.debug("validation failure detail", exc_info=True)  # the message may quote the news text
-            raise Rejected("unreadable", f"{type(exc).__name__}: {exc}"[:500]) from None
-        self._check_id(item)
-        return item
-
-    def _check_id(self, item: NewsItem) -> None:
-        """Dead-letter an id seen before with different content (the first content wins). A redelivery or a
-        producer retry repeats the same content and passes. Remembered per instance, last `dedupe_ids` ids."""
+            return _Polled(rec, rejected=Rejected("unreadable", f"{type(exc).__name__}: {exc}"[:500]))
         digest = hashlib.blake2b(item.model_dump_json().encode(), digest_size=16).digest()
-        seen = self.seen_ids.get(item.id)
-        if seen is not None and seen != digest:
-            raise Rejected("duplicate_id", f"id {item.id!r} was already used with different content")
-        self.seen_ids[item.id] = digest
-        self.seen_ids.move_to_end(item.id)
+        carrier = tracing.carrier_of_headers(rec.headers) if tracing.enabled() else {}
+        return _Polled(rec, item=item, digest=digest, carrier=carrier or {})
+
+    def _duplicate(self, p: _Polled) -> Rejected | None:
+        """An id seen before with different content (the first content wins); a redelivery or a producer retry
+        repeats the same content and passes. Remembered per instance, last `dedupe_ids` ids, in batch order."""
+        seen = self.seen_ids.get(p.item.id)
+        if seen is not None and seen != p.digest:
+            return Rejected("duplicate_id", f"id {p.item.id!r} was already used with different content")
+        self.seen_ids[p.item.id] = p.digest
+        self.seen_ids.move_to_end(p.item.id)
         while len(self.seen_ids) > self.s.dedupe_ids:
             self.seen_ids.popitem(last=False)
+        return None
 
     def _finish(self, batch: "_Batch") -> bool:
         """Wait for the batch's scores (retrying with backoff), publish, confirm, commit. False: the batch was
         abandoned; the caller rewinds (see _abandon) so its records are redelivered."""
-        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
         try:
-            results, model, elapsed = self._analyze(batch)
-            while True:
-                try:
-                    self._publish(batch, results, model, elapsed)
-                    tracing.end(batch.span)
-                    return True
-                except PublishFailed as exc:
-                    self.metrics.publish_failures.labels("score").inc()
-                    log.warning("publishing the batch failed (%s); replacing the producer and retrying", exc)
-                    self.publisher.replace()
-                    self._wait(backoff.next(), batch.records)
+            scores = self._scores(batch)
+
+            def send(attempt: int) -> list:
+                if attempt:  # the dead letters sent at the start went with the replaced producer: again
                     batch.futures = [self._dead_letter(r, reason, detail, count=False)
                                      for r, reason, detail in batch.rejected]
+                return self._send(batch, scores)
+
+            def wait(delay: float) -> bool:
+                self._wait(delay, batch.records)
+                return True
+
+            publish_confirmed(self.publisher, send, self.s.kafka.request_timeout_ms / 1000 + 5, "the batch",
+                              self.metrics.publish_failures.labels("score").inc, wait,
+                              Backoff(self.s.retry_initial_s, self.s.retry_max_s), lambda: self._timed("confirm"))
+            self._commit(batch)
+            tracing.end(batch.span)
+            return True
         except BatchAbandoned as exc:
             log.warning("batch abandoned (%s); its records will be redelivered", exc)
             if batch.call is not None:
                 batch.call.cancel()
             tracing.end(batch.span)
             return False
+
+    def _scores(self, batch: "_Batch") -> Scores:
+        """The valid items' scores in `valid` order; the items the service refuses are dead-lettered."""
+        if not batch.valid:
+            return Scores([])
+        with self._timed("wait_sentiment"):
+            scores = self.sentiment.finish(batch.call, batch.t0, batch.texts,
+                                           lambda delay: self._wait(delay, batch.records))
+        for i, detail in scores.refused.items():
+            record = batch.valid[i].record
+            batch.rejected.append((record, "rejected_by_sentiment", detail))
+            batch.futures.append(self._dead_letter(record, "rejected_by_sentiment", detail))
+        return scores
 
     def _abandon(self, inflight: "deque[_Batch]", why: str) -> None:
         """Drop these batches (a failed one and those started after it) and seek each partition still owned back
@@ -295,39 +317,40 @@ class Scorer:
             if tp in assignment:
                 self.consumer.seek(tp, offset)
 
-    def _publish(self, batch: "_Batch", results, model: dict, elapsed: float) -> None:
-        records, valid, futures = batch.records, batch.valid, list(batch.futures)
-        topic = self.s.topics
+    def _send(self, batch: "_Batch", scores: Scores) -> list:
+        """Send the batch's scored records (its dead letters are on their way) and return every future."""
+        valid, futures = batch.valid, list(batch.futures)
         now_ms = int(time.time() * 1000)
         # Event-time order within the batch, so each key's records reach news.scored in time order.
         t_publish = time.perf_counter()
         order = sorted(range(len(valid)), key=lambda i: (valid[i].item.published_at, valid[i].item.id))
-        scored_ts: list[int | None] = []
         for i in order:
-            v, res = valid[i], results[i]
-            if res is None:
-                continue  # rejected by the service: dead-lettered in _analyze
+            p, result = valid[i], scores.results[i]
+            if result is None:
+                continue  # refused by the service: dead-lettered
             # An item keeps its own trace; the one that parents the batch's span (or one without a trace) gets the
             # span's, so its record leads on through the sentiment call.
-            own = tracing.carrier_of_headers(v.record.headers) if batch.span is not None else {}
+            own = p.carrier if batch.span is not None else {}
             headers = tracing.headers(batch.span, own if own and own != batch.parent else None)
-            for out in self._scored(v, res, model, elapsed, now_ms):
-                futures.append(self.publisher.send(topic.scored, key=out.key.encode(),
+            for out in scored_records(p.item, p.record, result, scores.model, scores.elapsed, now_ms, self.tickers,
+                                      self.s.watch_topics):
+                futures.append(self.publisher.send(self.s.topics.scored, key=out.key.encode(),
                                                    value=out.model_dump_json().encode(), headers=headers))
-            scored_ts.append(v.record.timestamp)
         self.metrics.score_loop.labels("publish").inc(time.perf_counter() - t_publish)
-        with self._timed("confirm"):
-            self.publisher.confirm(futures, timeout_s=self.s.kafka.request_timeout_ms / 1000 + 5)
+        batch.scored_ts = [p.record.timestamp for p, result in zip(valid, scores.results) if result is not None]
+        return futures
+
+    def _commit(self, batch: "_Batch") -> None:
         acked = time.time()
-        if self._lost_partitions(records):
+        if self._lost_partitions(batch.records):
             raise BatchAbandoned("partitions were revoked before the commit")
         try:
             with self._timed("commit"):
-                self.consumer.commit(next_offsets(records))
+                self.consumer.commit(next_offsets(batch.records))
         except KafkaError as exc:  # e.g. a rebalance took the partitions: their new owner replays them
             raise BatchAbandoned(f"commit failed: {exc!r}") from None
-        self.metrics.scored.inc(len(scored_ts))
-        for ts in scored_ts:
+        self.metrics.scored.inc(len(batch.scored_ts))
+        for ts in batch.scored_ts:
             if ts is not None and ts > 0:
                 self.metrics.publish_to_scored.observe(max(0.0, acked - ts / 1000))
 
@@ -341,62 +364,6 @@ class Scorer:
         if self.s.sentiment_text == "headline_body" and item.body:
             return f"{item.headline}. {item.body}"
         return item.headline
-
-    def _analyze(self, batch: "_Batch"):
-        """Results in `valid` order (None for an item the service rejects), model info and call time."""
-        valid, records = batch.valid, batch.records
-        if not valid:
-            return [], {}, 0.0
-        try:
-            try:
-                with self._timed("wait_sentiment"):
-                    resp = batch.call.result()
-                elapsed = time.perf_counter() - batch.t0
-                self.metrics.sentiment_seconds.observe(elapsed)
-            except grpc.RpcError as exc:
-                self._failed(exc)  # raises _Invalid for INVALID_ARGUMENT
-                self._wait(self._first_delay, records)
-                resp, elapsed = self._call(batch.texts, records)
-            return list(resp.results), _model(resp), elapsed
-        except _Invalid:
-            pass
-        # The service rejected the batch: find the bad items one by one and dead-letter them.
-        results, model, elapsed = [], {}, 0.0
-        for v, text in zip(valid, batch.texts):
-            try:
-                resp, el = self._call([text], records)
-                results.append(resp.results[0])
-                model, elapsed = _model(resp), elapsed + el
-            except _Invalid as exc:
-                results.append(None)
-                batch.rejected.append((v.record, "rejected_by_sentiment", str(exc)))
-                batch.futures.append(self._dead_letter(v.record, "rejected_by_sentiment", str(exc)))
-        return results, model, elapsed
-
-    @property
-    def _first_delay(self) -> float:
-        return self.s.retry_initial_s
-
-    def _failed(self, exc: grpc.RpcError) -> None:
-        code = exc.code()
-        self.metrics.sentiment_errors.labels(code.name if code else "UNKNOWN").inc()
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise _Invalid(exc.details()) from None
-        log.warning("sentiment call failed (%s: %s); retrying with backoff, nothing committed", code, exc.details())
-
-    def _call(self, texts: list[str], records: dict):
-        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                resp = self.stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=self.s.sentiment_timeout_s)
-                elapsed = time.perf_counter() - t0
-                self.metrics.sentiment_seconds.observe(elapsed)
-                return resp, elapsed
-            except grpc.RpcError as exc:
-                self._failed(exc)
-                delay = backoff.next()
-                self._wait(delay, records)
 
     def _wait(self, delay: float, records: dict) -> None:
         """Back off before a retry. Abandon on shutdown past the grace period, or when a partition of the batch
@@ -429,36 +396,3 @@ class Scorer:
         revoked = self.listener.revoked
         assignment = self.consumer.assignment()
         return any(tp in revoked or tp not in assignment for tp in records)
-
-    def _scored(self, v: _Valid, res, model: dict, elapsed: float, now_ms: int) -> list[ScoredItem]:
-        entities: dict[str, Entity] = {}
-        for m in res.entities:
-            e = Entity(name=m.name, ticker=m.ticker.upper(), matched=m.matched)
-            entities.setdefault(e.key, e)
-        for t in v.item.tickers:
-            t = t.strip().upper()
-            if t and t not in entities:
-                entities[t] = Entity(name=self.tickers.get(t, t), ticker=t, matched="tickers")
-        topics = sorted(set(res.topics))
-        base = dict(
-            item=v.item, label=res.label, confidence=res.confidence,
-            scores=[Score(label=s.label, score=s.score) for s in res.scores], topics=topics,
-            entities=list(entities.values()), model=model, truncated=res.truncated,
-            source_topic=v.record.topic, source_partition=v.record.partition, source_offset=v.record.offset,
-            published_ms=v.record.timestamp, sentiment_ms=round(elapsed * 1000, 3), scored_at_ms=now_ms,
-        )
-        out = [ScoredItem(key_kind="entity", key=key, **base) for key in entities]
-        if self.s.watch_topics:
-            out += [ScoredItem(key_kind="topic", key=t, **base) for t in topics]
-        if not out:
-            out.append(ScoredItem(key_kind="none", key=v.item.id, **base))
-        return out
-
-
-class _Invalid(Exception):
-    pass
-
-
-def _model(resp) -> ModelRef:
-    m = resp.model
-    return ModelRef(name=m.name, version=m.version, variant=m.variant, provider=m.provider)

@@ -5,29 +5,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
-
 from nlpsuite.shared.resources import examples_path
-
-
-class Company(BaseModel):
-    name: str = Field(min_length=1)
-    ticker: str = ""
-    aliases: list[str] = Field(default_factory=list)
-
-
-class WatchlistFile(BaseModel):
-    companies: list[Company] = Field(default_factory=list)
-    topics: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("topics")
-    @classmethod
-    def _keywords(cls, topics: dict[str, list[str]]) -> dict[str, list[str]]:
-        for topic, words in topics.items():
-            if not words or any(not w.strip() for w in words):
-                raise ValueError(f"topic {topic!r} needs non-empty keywords")
-        return topics
+from nlpsuite.shared.watchlist_file import Company, WatchlistFile, read_watchlist
 
 
 @dataclass(frozen=True)
@@ -109,12 +88,7 @@ class Watchlist:
 
     @classmethod
     def load(cls, path: Path | None = None) -> Watchlist:
-        path = Path(path) if path is not None else examples_path("watchlist.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-            return cls(WatchlistFile.model_validate(raw))
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ValueError(f"watchlist {path}: {exc}") from None
+        return cls(read_watchlist(Path(path) if path is not None else examples_path("watchlist.yaml")))
 
     def entities(self, text: str) -> list[Mention]:
         """Each watched company mentioned, once, with the first alias or ticker found (in text order)."""
