@@ -28,7 +28,7 @@ from nlpsuite.services.chat.client import ChatClient  # noqa: E402
 from nlpsuite.services.chat.service import ChatService  # noqa: E402
 from nlpsuite.shared.config import ChatSettings, ModelSettings  # noqa: E402
 from nlpsuite.v1 import chat_pb2  # noqa: E402
-from tests.servers import ServerThread  # noqa: E402
+from nlpsuite.shared.local_run import ServerThread  # noqa: E402
 
 
 class EarlierSettings(ChatSettings):

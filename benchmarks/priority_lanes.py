@@ -28,11 +28,10 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nlpsuite.bench.procs import Child, python_module, wait_serving  # noqa: E402
 from nlpsuite.bench.stats import Latency  # noqa: E402
 from nlpsuite.bench.texts import make_textset  # noqa: E402
 from nlpsuite.shared.host import isa  # noqa: E402
-from nlpsuite.shared.local_run import free_port  # noqa: E402
+from nlpsuite.shared.local_run import ServeProcess  # noqa: E402
 from nlpsuite.shared.model_repo import ModelRepository  # noqa: E402
 from nlpsuite.shared.priority import priority_metadata  # noqa: E402
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc  # noqa: E402
@@ -94,15 +93,11 @@ def main() -> int:
     version = ModelRepository(args.repository).resolve(args.model)
     texts = make_textset(args.data_dir, version.tokenizer_path, "medium", 512, 64)
     logs = Path(tempfile.mkdtemp(prefix="priority-lanes-"))
-    port = free_port()
-    config = logs / "sentiment.yaml"
-    config.write_text(f"log_level: WARNING\nsentiment:\n  host: 127.0.0.1\n  port: {port}\n"
-                      f"  model:\n    name: {args.model}\n    repository: {args.repository.resolve()}\n")
-    child = Child("sentiment", python_module("nlpsuite.cli", "serve", "sentiment", "--config", str(config)), logs)
+    child = ServeProcess("sentiment", {"model": {"name": args.model, "repository": str(args.repository.resolve())}},
+                         logs, service_name="nlpsuite.v1.SentimentService", log_level="WARNING")
     results: dict[str, list[tuple[Latency, float]]] = {name: [] for name in PHASES}
     try:
-        target = f"127.0.0.1:{port}"
-        wait_serving(target, "nlpsuite.v1.SentimentService", child)
+        target = child.start().target
         for r in range(args.rounds):
             for name in PHASES:
                 lat, bulk = asyncio.run(phase(target, name, texts.probe, texts.texts, args.seconds))

@@ -27,9 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nlpsuite.bench.procs import Child, python_module, wait_serving  # noqa: E402
 from nlpsuite.shared.host import isa  # noqa: E402
-from nlpsuite.shared.local_run import free_port  # noqa: E402
+from nlpsuite.shared.local_run import ServeProcess  # noqa: E402
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc  # noqa: E402
 
 
@@ -87,17 +86,13 @@ def main() -> int:
     children = []
     try:
         for name, entries in (("off", 0), ("on", args.entries)):
-            port, metrics_port = free_port(), free_port()
-            config = logs / f"{name}.yaml"
-            config.write_text(
-                f"log_level: WARNING\nsentiment:\n  host: 127.0.0.1\n  port: {port}\n  metrics_port: {metrics_port}\n"
-                f"  model:\n    name: {args.model}\n    repository: {args.repository.resolve()}\n"
-                f"    response_cache: {entries}\n    reload_interval_s: 0\n")
-            child = Child(f"sentiment-{name}", python_module("nlpsuite.cli", "serve", "sentiment", "--config",
-                                                             str(config)), logs)
+            model = {"name": args.model, "repository": str(args.repository.resolve()), "response_cache": entries,
+                     "reload_interval_s": 0}
+            child = ServeProcess("sentiment", {"model": model}, logs, service_name="nlpsuite.v1.SentimentService",
+                                 log_level="WARNING")
             children.append(child)
-            wait_serving(f"127.0.0.1:{port}", "nlpsuite.v1.SentimentService", child)
-            servers[name] = (f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
+            child.start()
+            servers[name] = (child.target, child.metrics_url)
         rates: dict[str, list[float]] = {"off": [], "on": []}
         ratios = []
         for r in range(args.rounds):

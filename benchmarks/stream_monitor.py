@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from nlpsuite.services.monitor.app import Monitor  # noqa: E402
 from nlpsuite.services.monitor.broker import LocalBroker  # noqa: E402
-from nlpsuite.shared.local_run import free_port  # noqa: E402
+from nlpsuite.shared.local_run import ServeProcess  # noqa: E402
 from nlpsuite.services.monitor.producer import replay  # noqa: E402
-from tests.monitor_support import SentimentProcess, monitor_settings, read_topic, unique_topics  # noqa: E402
+from nlpsuite.services.monitor.local_replay import read_topic, replay_settings, unique_topics  # noqa: E402
 
 NEWS = ROOT / "examples" / "news.jsonl"
 
@@ -208,10 +208,9 @@ def main() -> int:
     stream = tmp / "news.jsonl"
     n = make_stream(args.copies, stream)
     with LocalBroker() as broker:
-        metrics_port = free_port()
-        sentiment = SentimentProcess(args.models, free_port(), log_file=tmp / "sentiment.log",
-                                     env={"NLPSUITE_SENTIMENT__METRICS_PORT": str(metrics_port)}).start()
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        sentiment = ServeProcess("sentiment", {"model": {"name": "sentiment", "repository": str(args.models.resolve())},
+                                               "grace_s": 2}, tmp, log_level="WARNING").start()
+        metrics_url = sentiment.metrics_url
         print(f"pids: this process (monitor + producer) {os.getpid()}, sentiment server {sentiment.proc.pid}, "
               f"broker {broker.proc.pid}")
         pids = {"sentiment server": sentiment.proc.pid, "broker (tansu)": broker.proc.pid}
@@ -220,7 +219,7 @@ def main() -> int:
             # Phase 1: drain a preloaded backlog.
             topics = unique_topics("bench-tp")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
+            settings = replay_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
                                         align_s=args.align_s, **tuning)
             meter = CpuMeter(pids).start()
             replay(stream, topics.news, settings.kafka)
@@ -263,7 +262,7 @@ def main() -> int:
             # Phase 2: produce at a fixed rate into a running, caught-up monitor.
             topics = unique_topics("bench-lat")
             broker.create_topics(topics.all(), args.partitions)
-            settings = monitor_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
+            settings = replay_settings(broker.bootstrap, topics, sentiment.target, batch_max=args.batch_max,
                                         align_s=args.align_s, **tuning)
             monitor = Monitor(settings).start()
             sent_at: dict[str, float] = {}

@@ -34,7 +34,7 @@ MODELS = ("sentiment", "intent", "embedder")  # pipeline.defaults.DEFAULT_NAMES 
 SERVICES = {"sentiment": "nlpsuite.v1.SentimentService", "chat": "nlpsuite.v1.ChatService",
             "recommend": "nlpsuite.v1.RecommendService"}
 # A replay compresses 4 hours of event time into seconds, so the event-time skew between news partitions is
-# large: the monitor tests' settings (tests/monitor_support.monitor_settings) cover it.
+# large: the monitor tests' settings (services/monitor/local_replay.replay_settings) cover it.
 REPLAY_ENV = {"NLPSUITE_MONITOR_WINDOWS__ALLOWED_LATENESS_S": "7200", "NLPSUITE_MONITOR_ALIGN_S": "600"}
 
 # What each shows: an intent's answer, a document passage, an FAQ entry, an out-of-scope hand-off, a requested one.

@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from nlpsuite.shared.config import ConfigError
+
 
 class Company(BaseModel):
     name: str = Field(min_length=1)
@@ -28,8 +30,8 @@ class WatchlistFile(BaseModel):
 
 
 def read_watchlist(path: Path) -> WatchlistFile:
-    """The validated file; ValueError naming the file and the problem."""
+    """The validated file; ConfigError naming the file and the problem."""
     try:
         return WatchlistFile.model_validate(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ValueError(f"watchlist {path}: {exc}") from None
+        raise ConfigError(f"watchlist {path}: {exc}") from None

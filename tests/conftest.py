@@ -105,3 +105,22 @@ def sentiment_repository(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "nlpsuite.cli", "build-defaults", "--only", "sentiment",
                     "--repository", str(repo), "--no-progress"], check=True)
     return repo
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """A local Tansu broker for one test module."""
+    from nlpsuite.services.monitor.broker import LocalBroker
+
+    with LocalBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def sentiment(sentiment_repository, tmp_path_factory):
+    """A real `nlpsuite serve sentiment` process for one test module (tests may kill and restart it)."""
+    from tests.support import sentiment_process
+
+    proc = sentiment_process(sentiment_repository, tmp_path_factory.mktemp("logs")).start()
+    yield proc
+    proc.stop()

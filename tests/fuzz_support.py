@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings, strategies as st
 
-from tests.servers import ServerThread
+from nlpsuite.shared.local_run import ServerThread
 
 EXAMPLES = int(os.environ.get("NLPSUITE_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

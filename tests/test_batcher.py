@@ -106,14 +106,20 @@ def test_a_full_queue_refuses_at_once_and_takes_nothing():
     assert [4] not in [seq for b in rec.batches for seq in b]
 
 
+async def busy_batcher(rec: Recorder) -> tuple[DynamicBatcher, list]:
+    """A one-worker batcher whose worker is busy with the text [1] (`rec`'s delay long)."""
+    batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, workers=1)
+    await batcher.start()
+    busy = batcher.submit_many([[1]])
+    await asyncio.sleep(0.05)
+    return batcher, busy
+
+
 def test_expired_texts_are_dropped_before_inference():
     rec = Recorder(delay=0.2)
 
     async def main():
-        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, workers=1)
-        await batcher.start()
-        busy = batcher.submit_many([[1]])
-        await asyncio.sleep(0.05)
+        batcher, busy = await busy_batcher(rec)
         late = batcher.submit_many([[99]], deadline=time.monotonic() + 0.01)
         with pytest.raises(DeadlineExpiredError):
             await late[0]
@@ -128,10 +134,7 @@ def test_a_cancelled_caller_costs_no_compute():
     rec = Recorder(delay=0.2)
 
     async def main():
-        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0.0, workers=1)
-        await batcher.start()
-        busy = batcher.submit_many([[1]])
-        await asyncio.sleep(0.05)
+        batcher, busy = await busy_batcher(rec)
         task = asyncio.create_task(batcher.submit([[77]]))
         await asyncio.sleep(0.01)
         task.cancel()

@@ -18,7 +18,8 @@ from nlpsuite.shared.config import ChatSettings, ModelSettings
 from nlpsuite.shared.model import open_model, softmax
 from nlpsuite.shared.resources import examples_path
 from nlpsuite.v1 import chat_pb2
-from tests.servers import ServerThread, reflected_services
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import reflected_services
 
 
 def model_settings(version) -> ModelSettings:

@@ -22,7 +22,7 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ChatSettings, ModelSettings, RecommendSettings, SentimentSettings
 from nlpsuite.shared.resources import examples_path
 from nlpsuite.v1 import chat_pb2
-from tests.servers import ServerThread
+from nlpsuite.shared.local_run import ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

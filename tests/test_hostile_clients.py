@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import metric, settings_for, wait_for
 
 WORDS = "shares of the company rose sharply after results beat expectations while rivals fell on weak demand".split()
 
@@ -120,20 +120,6 @@ def test_a_stream_whose_client_stops_reading_stops_being_scored(built_classifier
     assert still == unread, "the server went on scoring for a client that reads nothing"
     # The window, plus the replies (~4.2 KiB each) that fit the client's 64 KiB flow-control window, plus slack.
     assert unread <= settings.stream_window + 16 + 16, unread
-
-
-def metric(server: SentimentService, name: str, **labels: str) -> float:
-    return sum(s.value for m in server.metrics.registry.collect() for s in m.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_cancel_storm_costs_no_inference_and_leaves_exact_metrics(built_classifier):

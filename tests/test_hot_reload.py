@@ -12,7 +12,8 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ModelSettings, SentimentSettings
 from nlpsuite.shared.model_repo import ModelRepository
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import wait_for
 
 NAME = "sentiment"
 
@@ -50,15 +51,6 @@ class Load:
 
     def latest(self) -> set[str]:
         return {v[-1] for v in self.versions if v}
-
-
-def wait_for(condition, timeout: float = 120.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def truncated_copy(source, into) -> None:

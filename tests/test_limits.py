@@ -18,8 +18,8 @@ from nlpsuite.services.sentiment.client import SentimentClient
 from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ChatSettings, ModelSettings, RecommendSettings
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import settings_for
 
 
 def _refused(call) -> grpc.RpcError:
@@ -192,7 +192,7 @@ def test_monitor_batch_max():
     from nlpsuite.services.monitor.broker import LocalBroker, create_topics
     from nlpsuite.services.monitor.metrics import MonitorMetrics
     from nlpsuite.services.monitor.scorer import Scorer
-    from tests.monitor_support import monitor_settings, unique_topics
+    from nlpsuite.services.monitor.local_replay import replay_settings, unique_topics
 
     topics = unique_topics("limits")
     with LocalBroker() as broker:
@@ -202,7 +202,7 @@ def test_monitor_batch_max():
             producer.send(topics.news, value=json.dumps({"id": f"n{i}"}).encode())
         producer.flush()
         producer.close()
-        scorer = Scorer(monitor_settings(broker.bootstrap, topics, "127.0.0.1:1", batch_max=3), MonitorMetrics(),
+        scorer = Scorer(replay_settings(broker.bootstrap, topics, "127.0.0.1:1", batch_max=3), MonitorMetrics(),
                         _threading.Event())
         scorer.open()
         try:

@@ -12,7 +12,7 @@ import pytest
 from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ModelSettings, SentimentSettings
 from nlpsuite.shared.model_repo import ModelRepoError
-from tests.servers import ServerThread
+from nlpsuite.shared.local_run import ServerThread
 
 
 def truncate(version_dir):

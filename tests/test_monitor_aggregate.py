@@ -11,19 +11,12 @@ import pytest
 from kafka import KafkaProducer
 
 from nlpsuite.services.monitor.app import Monitor
-from nlpsuite.services.monitor.broker import LocalBroker
 from nlpsuite.services.monitor.config import KafkaSettings, MonitorSettings, SurgeRule
 from nlpsuite.services.monitor.schema import Entity, NewsItem, Score, ScoredItem
-from tests.monitor_support import read_topic, unique_topics
+from nlpsuite.services.monitor.local_replay import read_topic, unique_topics
 
 pytestmark = pytest.mark.timeout(180)
 T0 = datetime(2026, 3, 2, 11, 30, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with LocalBroker() as b:
-        yield b
 
 
 def scored(i: int, minute: float, negative: bool = True) -> ScoredItem:

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from nlpsuite.shared.local_run import free_port
-from tests.monitor_support import ROOT, read_topic
+from nlpsuite.services.monitor.local_replay import read_topic
+from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from nlpsuite.services.monitor.broker import LocalBroker
 from nlpsuite.services.monitor.config import KafkaSettings
 from nlpsuite.services.monitor.delivery import PublishFailed, Publisher, broken
 from nlpsuite.services.monitor.producer import replay
-from tests.monitor_support import read_topic
+from nlpsuite.services.monitor.local_replay import read_topic
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

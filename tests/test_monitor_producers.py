@@ -15,32 +15,10 @@ from pathlib import Path
 import pytest
 
 from nlpsuite.services.monitor.app import Monitor
-from nlpsuite.services.monitor.broker import LocalBroker
-from nlpsuite.shared.local_run import free_port
-from tests.monitor_support import ROOT, SentimentProcess, monitor_settings, read_topic, unique_topics
-from tests.test_monitor_stream import ITEMS, NEWS, scored_ids, wait_for_ids
+from nlpsuite.services.monitor.local_replay import read_topic, replay_settings
+from tests.support import ITEMS, NEWS, ROOT, new_topics, scored_ids, wait_for_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with LocalBroker() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def sentiment(sentiment_repository, tmp_path_factory):
-    proc = SentimentProcess(sentiment_repository, free_port(),
-                            log_file=tmp_path_factory.mktemp("logs") / "sentiment.log").start()
-    yield proc
-    proc.stop()
-
-
-def new_topics(broker, prefix):
-    topics = unique_topics(prefix)
-    broker.create_topics(topics.all(), partitions=4)
-    return topics
 
 
 def test_every_compression_codec_is_scored_and_consumers_read_committed(broker, sentiment):
@@ -54,7 +32,7 @@ def test_every_compression_codec_is_scored_and_consumers_read_committed(broker, 
 
     topics = new_topics(broker, "codec")
     codecs = [None, "gzip", "snappy", "lz4", "zstd"]
-    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target)).start()
+    monitor = Monitor(replay_settings(broker.bootstrap, topics, sentiment.target)).start()
     try:
         assert monitor.scorer.consumer.config["isolation_level"] == "read_committed"
         assert monitor.aggregator.consumer.config["isolation_level"] == "read_committed"
@@ -81,7 +59,7 @@ def test_messages_near_and_over_a_megabyte_are_dead_lettered_in_records_that_fit
     topics = new_topics(broker, "big")
     big = [b'{"id": "big-1", "headline": "' + b"x" * 900_000 + b'"}', b"not json " + b"y" * 3_000_000]
     before, after = ITEMS[:10], ITEMS[10:20]
-    monitor = Monitor(monitor_settings(broker.bootstrap, topics, sentiment.target)).start()
+    monitor = Monitor(replay_settings(broker.bootstrap, topics, sentiment.target)).start()
     try:
         producer = KafkaProducer(**monitor.s.kafka.producer(max_request_size=8 << 20))
         send = lambda key, value: producer.send(topics.news, key=key, value=value, partition=0)  # noqa: E731

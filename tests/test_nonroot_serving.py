@@ -17,7 +17,7 @@ import pytest
 
 from nlpsuite.shared.model_repo import ModelRepository
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.serve_process import ServeProcess
+from nlpsuite.shared.local_run import NotServing, ServeProcess
 
 IMAGE_UID = 10001
 SERVICE = "nlpsuite.v1.SentimentService"
@@ -87,7 +87,8 @@ def test_uid_10001_serves_a_repository_root_published_under_umask_077(built_clas
     for path in (repo, repo / "sentiment", version):
         assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in version.rglob("*") if p.is_file())
-    with as_image_user(ServeProcess(shared_dir, "sentiment", section(repo), SERVICE, user=IMAGE_UID)) as server:
+    with as_image_user(ServeProcess("sentiment", section(repo), shared_dir, service_name=SERVICE,
+                                    user=IMAGE_UID)) as server:
         assert Path(f"/proc/{server.proc.pid}/status").read_text().count(f"\t{IMAGE_UID}\t") >= 2  # Uid, Gid
         with grpc.insecure_channel(server.target) as channel:
             reply = sentiment_pb2_grpc.SentimentServiceStub(channel).Analyze(
@@ -98,10 +99,10 @@ def test_uid_10001_serves_a_repository_root_published_under_umask_077(built_clas
 def test_a_private_version_is_refused_with_the_fix(built_classifier, shared_dir):
     repo = publish_as_strict_root(built_classifier.path, shared_dir)
     (repo / "sentiment" / "1").chmod(0o700)  # what publish wrote before
-    server = as_image_user(ServeProcess(shared_dir, "sentiment", section(repo), SERVICE, user=IMAGE_UID))
-    with pytest.raises(AssertionError, match="serve exited"):
-        server.start(timeout=60)
+    server = as_image_user(ServeProcess("sentiment", section(repo), shared_dir, service_name=SERVICE, user=IMAGE_UID))
+    with pytest.raises(NotServing, match="exited"):
+        server.start(timeout_s=60)
     assert server.stop() != 0
-    log = server.stderr_path.read_text()
+    log = server.log_path.read_text()
     assert f"is not readable by uid {IMAGE_UID} (mode 0700, owner uid 0)" in log, log[-2000:]
     assert f"chmod -R a+rX {repo / 'sentiment'}" in log

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.serve_process import ServeProcess
+from nlpsuite.shared.local_run import ServeProcess
 
 SERVICE = "nlpsuite.v1.SentimentService"
 LONG = os.environ.get("NLPSUITE_LONG") == "1"
@@ -120,7 +120,7 @@ def test_ten_times_capacity_is_shed_fast_with_bounded_latency_and_memory(tmp_pat
                          "repository": str(built_classifier.path.parent.parent)},
                "max_items": TEXTS,  # the start-up check: one request's most texts must fit the queue
                "batch": {"workers": 1, "max_batch_size": MAX_BATCH, "queue_capacity": QUEUE_CAPACITY}}
-    with ServeProcess(tmp_path, "sentiment", section, SERVICE) as server:
+    with ServeProcess("sentiment", section, tmp_path, service_name=SERVICE) as server:
         r = asyncio.run(scenario(server))
         served_codes = Counter(code for code, _ in r["outcomes"])
         assert server.proc.poll() is None

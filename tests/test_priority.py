@@ -9,9 +9,9 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.priority import PRIORITY_KEY
 from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_hostile_clients import metric
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import metric
+from tests.support import settings_for
 
 
 def lane_texts(service: SentimentService) -> dict[str, float]:

@@ -16,7 +16,7 @@ from nlpsuite.shared.config import BatchSettings, ModelSettings
 from nlpsuite.shared.model_repo import ModelRepoError
 from nlpsuite.shared.providers import ShapeProfile
 from nlpsuite.shared.serving import ServedModel
-from tests.servers import load_and_close
+from tests.support import load_and_close
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 

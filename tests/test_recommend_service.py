@@ -16,7 +16,8 @@ from nlpsuite.services.recommend.scoring import Ranker, user_vectors
 from nlpsuite.services.recommend.service import RecommendService
 from nlpsuite.shared.config import ModelSettings, RecommendSettings
 from nlpsuite.shared.model import open_model
-from tests.servers import ServerThread, reflected_services
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import reflected_services
 
 GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi", "Romance", "Western"]
 

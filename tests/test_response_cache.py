@@ -9,9 +9,9 @@ from nlpsuite.shared.config import ModelSettings, SentimentSettings
 from nlpsuite.shared.lru import LruCache
 from nlpsuite.shared.model_repo import ModelRepository
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_hot_reload import wait_for
-from tests.test_hostile_clients import metric
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import wait_for
+from tests.support import metric
 
 HEADLINE = "Norvale Mining shares jump after record quarter"
 
@@ -54,7 +54,7 @@ def test_repeated_texts_are_answered_from_the_cache_and_a_new_version_starts_col
 
 
 def test_the_cache_is_off_by_default(built_classifier):
-    from tests.test_sentiment_service import settings_for
+    from tests.support import settings_for
 
     service = SentimentService(settings_for(built_classifier))
     with ServerThread(service).start() as server, grpc.insecure_channel(server.target) as channel:

@@ -14,8 +14,8 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import (AuthSettings, ClientTlsSettings, ConfigError, TlsSettings, load_settings)
 from nlpsuite.shared.security import open_channel
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import settings_for
 from tests.tls_certs import make_certs
 
 TEXT = ["Quillon Bank shares slump after the regulator opens a probe"]

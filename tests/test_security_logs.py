@@ -15,8 +15,8 @@ from nlpsuite.services.sentiment.client import SentimentClient
 from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import AuthSettings
 from nlpsuite.shared.logs import JsonFormatter
-from tests.servers import ServerThread
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import settings_for
 
 TEXT = "Zorblax-7731 private note: card 4111 1111 1111 1111 stolen, call me on 0770 900 123"
 TOKEN = "tok-SECRET-9c0ffee-1d2e3f"
@@ -76,7 +76,7 @@ def test_monitor_logs_at_info_hold_no_text_and_no_token(built_classifier, caplog
 
     from nlpsuite.services.monitor.app import Monitor
     from nlpsuite.services.monitor.broker import LocalBroker, create_topics
-    from tests.monitor_support import monitor_settings, read_topic, unique_topics
+    from nlpsuite.services.monitor.local_replay import read_topic, replay_settings, unique_topics
 
     caplog.set_level(logging.INFO)
     topics = unique_topics("logs")
@@ -86,7 +86,7 @@ def test_monitor_logs_at_info_hold_no_text_and_no_token(built_classifier, caplog
     with LocalBroker() as broker, \
             ServerThread(SentimentService(settings_for(built_classifier, auth=AuthSettings(token=TOKEN)))).start() as srv:
         create_topics(broker.bootstrap, topics.all(), partitions=2)
-        settings = monitor_settings(broker.bootstrap, topics, srv.target, sentiment_token=TOKEN,
+        settings = replay_settings(broker.bootstrap, topics, srv.target, sentiment_token=TOKEN,
                                     max_headline_chars=300, group_id=f"logs-{uuid.uuid4().hex[:6]}")
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, allow_auto_create_topics=False)
         for item in [*news, oversize]:

@@ -17,7 +17,7 @@ from nlpsuite.shared.metrics import Metrics
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
 from nlpsuite.shared.self_test import FLOOR, GOLDEN, drift, golden_indices, read_golden
 from nlpsuite.shared.serving import ServedModel, Timing
-from tests.servers import load_and_close
+from tests.support import load_and_close
 
 
 def served(repo: Path, name: str, metrics: Metrics | None = None, **model) -> ServedModel:

@@ -18,7 +18,8 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import BatchSettings, ModelSettings, SentimentSettings
 from nlpsuite.shared.model import open_model, softmax
 from nlpsuite.shared.resources import examples_path
-from tests.servers import ServerThread
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import settings_for
 
 TEXTS = [
     "Norvale Mining beats estimates and raises forecast for the year",
@@ -27,15 +28,6 @@ TEXTS = [
     "Profit warning from Halden Pharma as sales fall",
     "The weather was fine",
 ]
-
-
-def settings_for(version, **overrides) -> SentimentSettings:
-    batch = overrides.pop("batch", BatchSettings(max_delay_ms=2.0))
-    return SentimentSettings(
-        host="127.0.0.1", port=0, metrics_port=0,
-        model=ModelSettings(name=version.manifest.name, repository=version.path.parent.parent),
-        watchlist=examples_path("watchlist.yaml"), batch=batch, **overrides,
-    )
 
 
 @pytest.fixture(scope="module")

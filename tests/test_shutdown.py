@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.serve_process import ServeProcess
+from nlpsuite.shared.local_run import ServeProcess
 
 SERVICE = "nlpsuite.v1.SentimentService"
 GRACE_S = 60.0
@@ -22,7 +22,7 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones(tmp_pa
                                              "repository": str(built_classifier.path.parent.parent)},
                # one small batch at a time: the queue stays long enough to SIGTERM under load
                "batch": {"workers": 1, "max_batch_size": 4, "queue_capacity": 100_000}}
-    with ServeProcess(tmp_path, "sentiment", section, SERVICE) as server, \
+    with ServeProcess("sentiment", section, tmp_path, service_name=SERVICE) as server, \
             grpc.insecure_channel(server.target) as channel:
         health_seen: list[int] = []
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))

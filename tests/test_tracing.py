@@ -11,8 +11,8 @@ import pytest
 from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared import tracing
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
-from tests.servers import ServerThread
-from tests.test_sentiment_service import settings_for
+from nlpsuite.shared.local_run import ServerThread
+from tests.support import settings_for
 
 otel = pytest.importorskip("opentelemetry.sdk.trace", reason="the tracing extra is not installed")
 
@@ -77,7 +77,7 @@ def test_one_news_item_is_one_trace_from_news_through_the_service_to_news_scored
 
     from nlpsuite.services.monitor.app import Monitor
     from nlpsuite.services.monitor.broker import LocalBroker
-    from tests.monitor_support import monitor_settings, read_topic, unique_topics
+    from nlpsuite.services.monitor.local_replay import read_topic, replay_settings, unique_topics
 
     spans.clear()
     item = {"id": "n-trace-1", "headline": "Norvale Mining issues profit warning", "body": "",
@@ -93,7 +93,7 @@ def test_one_news_item_is_one_trace_from_news_through_the_service_to_news_scored
         producer.send(topics.news, key=b"TSF", value=json.dumps(other).encode())  # a producer without tracing
         producer.flush()
         producer.close()
-        monitor = Monitor(monitor_settings(broker.bootstrap, topics, server.target, tracing=True),
+        monitor = Monitor(replay_settings(broker.bootstrap, topics, server.target, tracing=True),
                           stages=("score",)).start()
         try:
             scored = read_topic(broker.bootstrap, topics.scored, min_count=2, timeout_s=120)

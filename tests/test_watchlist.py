@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,19 @@ def test_folds_to_ascii_lists_every_non_ascii_character_that_matches_ascii_ignor
     word = re.compile("[A-Za-z0-9_]", re.IGNORECASE)
     found = {c for c in map(chr, range(128, sys.maxunicode + 1)) if word.fullmatch(c)}
     assert found == FOLDS_TO_ASCII
+
+
+def test_the_monitor_reads_the_watchlist_file_as_the_service_does(tmp_path):
+    """Tickers map to company names; a file the sentiment service would refuse is refused, naming it."""
+    from nlpsuite.services.monitor.scored import ticker_names
+    from nlpsuite.shared.config import ConfigError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("companies:\n  - {name: Norvale Mining, ticker: nvm}\n  - {name: Glenmoor Utilities}\n")
+    assert ticker_names(good) == {"NVM": "Norvale Mining"} and ticker_names(None) == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("companies:\n  - {ticker: NVM}\ntopics:\n  mining: []\n")
+    with pytest.raises(ConfigError, match=f"(?s)watchlist {bad}:.*companies.0.name.*Field required.*needs non-empty keywords"):
+        ticker_names(bad)
+    with pytest.raises(ValueError, match=f"watchlist {bad}"):
+        Watchlist.load(bad)

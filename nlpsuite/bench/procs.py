@@ -10,9 +10,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nlpsuite.shared import local_run
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -81,11 +78,6 @@ class Child:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
-
-
-def wait_serving(target: str, service: str, child: Child, timeout: float = 300.0) -> None:
-    """Block until the gRPC health service says SERVING for `service`; fail early if the child died."""
-    local_run.wait_serving(target, service, child.check_alive, timeout)
 
 
 def batches_of(texts: list[str], batch: int) -> list[list[str]]:

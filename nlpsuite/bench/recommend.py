@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from nlpsuite.bench.procs import Child, peak_rss_mb, python_module, wait_serving
-from nlpsuite.shared.local_run import free_port
+from nlpsuite.bench.procs import Child, peak_rss_mb, python_module
+from nlpsuite.shared.local_run import free_port, wait_serving
 from nlpsuite.bench.stats import Latency
 from nlpsuite.services.recommend.client import RecommendClient
 from nlpsuite.v1 import recommend_pb2
@@ -62,7 +62,7 @@ def run_recommend(repository: Path, embedder: str, data_dir: Path, provider: str
                   run_dir)
     try:
         target = f"127.0.0.1:{port}"
-        wait_serving(target, SERVICE_NAME, child)
+        wait_serving(target, SERVICE_NAME, child.check_alive, timeout_s=300)
         with RecommendClient(target, timeout=120) as client:
             user = client.user(history=history)
             rounds = [movies[i * candidates : (i + 1) * candidates] for i in range(cold_rounds + 1)]

@@ -15,13 +15,13 @@ from pydantic import BaseModel
 from nlpsuite.bench.bare import BarePoint, BareResult, BareSpec
 from nlpsuite.bench.load import LoadResult, LoadSpec
 from nlpsuite.bench.peers import PeerSpec
-from nlpsuite.bench.procs import Child, cores, peak_rss_mb, python_module, wait_serving
+from nlpsuite.bench.procs import Child, cores, peak_rss_mb, python_module
 from nlpsuite.bench.recommend import run_recommend
 from nlpsuite.bench.results import FP32_SERVERS, BenchResult, HeadToHead, Meta, Round, ServerRun
 from nlpsuite.bench.texts import TextSet, make_textset
 from nlpsuite.bench.torch_models import SelectResult, SelectSpec, require_torch
 from nlpsuite.shared.host import cpu, isa
-from nlpsuite.shared.local_run import free_port
+from nlpsuite.shared.local_run import free_port, wait_serving
 from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository, ModelVersion
 from nlpsuite.v1 import sentiment_pb2
 
@@ -201,7 +201,7 @@ class _Runner:
         config, port, metrics_port = self._service_config(name)
         child = Child(name, python_module("nlpsuite.cli", "serve", "sentiment", "--config", str(config)), self.logs)
         try:
-            wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
+            wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child.check_alive, timeout_s=300)
             yield _Started(child, port, metrics_port, _model_info(f"127.0.0.1:{port}"), config)
         finally:
             child.stop()
@@ -217,7 +217,7 @@ class _Runner:
         spec_path.write_text(spec.model_dump_json())
         child = Child(name, python_module("nlpsuite.bench.peers", str(spec_path)), self.logs)
         try:
-            wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child)
+            wait_serving(f"127.0.0.1:{port}", SENTIMENT_SERVICE, child.check_alive, timeout_s=300)
             yield _Started(child, port, metrics_port, _model_info(f"127.0.0.1:{port}"), spec_path)
         finally:
             child.stop()

@@ -26,7 +26,7 @@ class SentimentClient(ServiceClient):
 
 
 class AsyncSentimentClient:
-    """The same over grpc.aio, for asyncio programs (the Kafka monitor keeps its own stub: services/monitor/scorer.py)."""
+    """The same over grpc.aio, for asyncio programs (the Kafka monitor keeps its own stub: services/monitor/sentiment_calls.py)."""
 
     def __init__(self, target: str, timeout: float | None = 30.0, *, tls: ClientTlsSettings | None = None,
                  token: str | SecretStr | None = None, priority: Lane | None = None) -> None:

@@ -1,66 +1,10 @@
-"""Helpers for the monitor's Kafka tests: a real sentiment server in a subprocess (so it can be stopped and
-restarted on the same port), topic readers, and monitor settings for the local broker.
-
-"""
+"""Local replays of the monitor (tests, benchmarks/stream_monitor.py): fresh topic names, monitor settings for a replay
+of the example news at full speed on the local broker, and a reader of a whole topic."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-
-from nlpsuite.shared.local_run import wait_serving
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class SentimentProcess:
-    def __init__(self, repository: Path, port: int, log_file: Path | None = None, env: dict[str, str] | None = None):
-        self.repository, self.port, self.log_file = repository, port, log_file
-        self.extra_env = env or {}  # more NLPSUITE_SENTIMENT__* settings (e.g. the benchmark's metrics port)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120) -> "SentimentProcess":
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        # The real service, started the way users start it: `nlpsuite serve sentiment`, configured by env.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NLPSUITE_")} | {
-            "NLPSUITE_SENTIMENT__HOST": "127.0.0.1", "NLPSUITE_SENTIMENT__PORT": str(self.port),
-            "NLPSUITE_SENTIMENT__MODEL__NAME": "sentiment",
-            "NLPSUITE_SENTIMENT__MODEL__REPOSITORY": str(self.repository), "NLPSUITE_SENTIMENT__GRACE_S": "2",
-        } | self.extra_env
-        self.proc = subprocess.Popen([sys.executable, "-m", "nlpsuite.cli", "serve", "sentiment"], cwd=ROOT,
-                                     env=env, stdout=out, stderr=out)
-
-        def alive() -> None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"sentiment server exited with {self.proc.returncode}")
-
-        wait_serving(self.target, "", alive, timeout_s)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no goodbye; in-flight calls fail with UNAVAILABLE."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
 
 def read_topic(bootstrap: str, topic: str, min_count: int = 0, timeout_s: float = 60.0, idle_s: float = 1.5):
@@ -99,7 +43,7 @@ def unique_topics(prefix: str = "t"):
     return Topics(news=f"{tag}.news", scored=f"{tag}.news.scored", alerts=f"{tag}.alerts", dlq=f"{tag}.news.dlq")
 
 
-def monitor_settings(bootstrap: str, topics, sentiment_target: str, **overrides):
+def replay_settings(bootstrap: str, topics, sentiment_target: str, **overrides):
     """Settings for a replay of the example file at full speed on the local broker.
 
     The replay compresses 4 simulated hours into seconds, so the allowed lateness (event time) is raised to
