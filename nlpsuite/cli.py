@@ -41,6 +41,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="distil from this fine-tuned model of the same task (a Hugging Face directory, or a model "
                         "version published with --save-checkpoint) as well as from the data: a classifier's soft "
                         "targets, an embedder's embeddings; repeat it for an ensemble (mean logits / embeddings)")
+    p.add_argument("--teachers", type=int, default=0, metavar="N",
+                   help="first fine-tune N full-depth models of this recipe from other seeds and distil their "
+                        "averaged outputs into this build's model (with --teacher: all teachers averaged)")
     p.add_argument("--distill-temperature", type=float, default=hp.distill_temperature)
     p.add_argument("--distill-weight", type=float, default=hp.distill_weight,
                    help="the teacher's share of the loss (0..1); the labels get the rest")
@@ -74,7 +77,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ),
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
-        save_checkpoint=args.save_checkpoint, teachers=args.teacher,
+        save_checkpoint=args.save_checkpoint, teachers=args.teacher, ensemble=args.teachers,
     )
     version = build(config)
     _print_built(version)

@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
-from nlpsuite.pipeline.distill import check_settings, check_teacher, ensemble_logits, teacher_embeddings
+from nlpsuite.pipeline.distill import (
+    check_settings, check_teacher, ensemble_logits, teacher_embeddings, train_ensemble,
+)
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
@@ -65,6 +67,9 @@ class BuildConfig(BaseModel):
     # Fine-tuned models of the build's task (checkpoint dirs or published versions) the student also learns from:
     # classifiers' averaged soft targets, or embedders' averaged embeddings; one teacher, or an ensemble.
     teachers: list[Path] = Field(default_factory=list)
+    # `--teachers N`: first fine-tune N full-depth models of this recipe (other seeds) and distil their averaged
+    # outputs too (with `teachers`, all of them are averaged with equal weight). 0: none.
+    ensemble: int = Field(0, ge=0)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -137,6 +142,17 @@ def golden_set(task: str, encoder: TextEncoder, texts: list[str], outputs: dict[
                            {name: out[rows] for name, out in outputs.items()})
 
 
+def _weighted_targets(parts: list[tuple[np.ndarray, int]], task: str) -> np.ndarray | None:
+    """One set of teacher outputs from groups of averaged teachers, each teacher weighing the same."""
+    if not parts:
+        return None
+    total = sum(n for _, n in parts)
+    mean = sum(outputs * (n / total) for outputs, n in parts)
+    if task == "embed":
+        mean = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)
+    return mean.astype(np.float32)
+
+
 def build(config: BuildConfig) -> ModelVersion:
     started = time.monotonic()
     hp = config.hyperparameters
@@ -153,13 +169,19 @@ def build(config: BuildConfig) -> ModelVersion:
     if unknown_variants or "fp32" not in config.variants:
         raise DataError(f"variants must include fp32 and be among {VARIANT_ORDER}; got {config.variants}")
 
-    if config.teachers:
+    if config.teachers or config.ensemble:
         check_settings(hp.distill_weight, hp.distill_temperature)
     teachers = [check_teacher(path, config.task, labels, base_config.get("hidden_size")) for path in config.teachers]
-    targets = None
+    parts: list[tuple[np.ndarray, int]] = []  # (averaged outputs, how many teachers they average)
     if teachers:
-        targets = (ensemble_logits(teachers, train.texts, labels, hp.max_length) if config.task == "classify"
-                   else teacher_embeddings(teachers, train.texts, hp.max_length))
+        parts.append((ensemble_logits(teachers, train.texts, labels, hp.max_length) if config.task == "classify"
+                      else teacher_embeddings(teachers, train.texts, hp.max_length), len(teachers)))
+    ensemble_report: list[dict] = []
+    if config.ensemble:
+        outputs, ensemble_report = train_ensemble(base, config.task, train, dev, labels, hp, config.ensemble,
+                                                  progress=config.progress)
+        parts.append((outputs, config.ensemble))
+    targets = _weighted_targets(parts, config.task)
     result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress, teacher_outputs=targets)
     model, tokenizer = result.model, result.tokenizer
 
@@ -250,6 +272,7 @@ def build(config: BuildConfig) -> ModelVersion:
             checkpoint=CHECKPOINT_DIR if config.save_checkpoint else None,
             extra={
                 "teachers": [str(t) for t in teachers],
+                "ensemble": ensemble_report,
                 "refused_variants": refused,
                 "max_drop_points": config.max_drop_points,
                 "training": {"epochs_run": result.epochs_run, "steps": result.steps,

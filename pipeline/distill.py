@@ -106,6 +106,33 @@ def ensemble_logits(checkpoints: list[Path], texts: list[str], labels: list[str]
     return np.mean([teacher_logits(c, texts, labels, max_length) for c in checkpoints], axis=0).astype(np.float32)
 
 
+def train_ensemble(base: Path, task: str, train, dev, labels: list[str], hp, n: int, progress: bool = True
+                   ) -> tuple[np.ndarray, list[dict]]:
+    """`--teachers N`: fine-tune N full-depth models of this recipe from the base, from seeds hp.seed + 1 ... + N,
+    and return their averaged outputs over the training texts (mean logits; for embedders, the normalised mean
+    embedding) with each teacher's seed and dev score. The teachers are not kept."""
+    from dataclasses import replace
+
+    from nlpsuite.pipeline.train import fine_tune
+
+    outputs, report = [], []
+    for i in range(1, n + 1):
+        teacher_hp = replace(hp, seed=hp.seed + i, keep_layers=None)
+        result = fine_tune(base, task, train, dev, labels, teacher_hp, progress=progress)
+        outputs.append(predict_torch(result.model, result.tokenizer, train.texts, task, hp.max_length))
+        report.append({"seed": teacher_hp.seed, "dev": round(result.best_dev_metric, 4),
+                       "epochs_run": result.epochs_run})
+        log.info("ensemble teacher %d of %d (seed %d): dev %.4f", i, n, teacher_hp.seed, result.best_dev_metric)
+    return _mean_outputs(outputs, task), report
+
+
+def _mean_outputs(outputs: list[np.ndarray], task: str) -> np.ndarray:
+    mean = np.mean(outputs, axis=0)
+    if task == "embed":
+        mean = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)
+    return mean.astype(np.float32)
+
+
 def teacher_embeddings(checkpoints: list[Path], texts: list[str], max_length: int) -> np.ndarray:
     """The teachers' unit-norm mean-pooled embeddings of `texts` (several teachers: their normalised mean)."""
     from transformers import AutoModel, AutoTokenizer
@@ -116,8 +143,7 @@ def teacher_embeddings(checkpoints: list[Path], texts: list[str], max_length: in
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True, local_files_only=True)
         rows.append(predict_torch(model, tokenizer, texts, "embed", max_length))
         log.info("teacher %s embedded %d training texts", checkpoint, len(texts))
-    mean = np.mean(rows, axis=0)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)).astype(np.float32)
+    return _mean_outputs(rows, "embed")
 
 
 def embedding_distillation_loss(student, teacher, contrastive, temperature: float, weight: float):

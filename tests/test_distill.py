@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -273,3 +274,42 @@ def test_the_example_embedder_is_a_three_layer_student_of_a_six_layer_teacher(tm
     assert teacher.hyperparameters.keep_layers is None and teacher.save_checkpoint and teacher.variants == ("fp32",)
     assert (teacher.task, teacher.data) == (configs["embedder"].task, configs["embedder"].data)
     assert set(teacher_configs(configs)) == {"embedder"}
+
+
+def test_teachers_n_trains_the_ensemble_from_other_seeds_and_distils_their_mean(tiny_checkpoint, sentiment_csv,
+                                                                                 tmp_path):
+    """`--teachers 2`: two full-depth models of the recipe from seeds 14 and 15 (the build's is 13); their mean
+    logits over the training texts are the soft targets; the manifest says which teachers and how they scored."""
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.data import load_dataset, stratified_split
+    from nlpsuite.pipeline.distill import train_ensemble
+    from nlpsuite.pipeline.train import Hyperparameters, fine_tune, predict_torch
+
+    hp = Hyperparameters(epochs=1, max_steps=6, batch_size=16, learning_rate=1e-3, max_length=64, keep_layers=1)
+    train, dev = stratified_split(load_dataset(sentiment_csv), 0.2, hp.seed)
+    labels = sorted(set(train.labels))
+    targets, report = train_ensemble(tiny_checkpoint, "classify", train, dev, labels, hp, 2, progress=False)
+    assert [r["seed"] for r in report] == [14, 15]
+    one = [fine_tune(tiny_checkpoint, "classify", train, dev, labels, replace(hp, seed=s, keep_layers=None),
+                     progress=False) for s in (14, 15)]
+    expected = np.mean([predict_torch(r.model, r.tokenizer, train.texts, "classify", 64) for r in one], axis=0)
+    np.testing.assert_allclose(targets, expected, rtol=1e-4, atol=1e-5)
+    assert one[0].model.config.num_hidden_layers == 2  # the teachers keep every layer; the student keeps one
+
+    version = build(quick_config(name="student", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
+                                 hyperparameters=hp, ensemble=2))
+    assert [t["seed"] for t in version.manifest.extra["ensemble"]] == [14, 15]
+    assert version.manifest.layers_kept == 1
+
+
+def test_embedder_ensemble_targets_are_unit_vectors(tiny_checkpoint, sentiment_csv):
+    from nlpsuite.pipeline.data import load_dataset, stratified_split
+    from nlpsuite.pipeline.distill import train_ensemble
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    hp = Hyperparameters(epochs=1, max_steps=4, batch_size=16, learning_rate=1e-3, max_length=64)
+    train, dev = stratified_split(load_dataset(sentiment_csv), 0.2, hp.seed)
+    targets, _ = train_ensemble(tiny_checkpoint, "embed", train, dev, sorted(set(train.labels)), hp, 2,
+                                progress=False)
+    assert targets.shape == (len(train), 64)
+    np.testing.assert_allclose(np.linalg.norm(targets, axis=1), 1.0, rtol=1e-5)
