@@ -204,6 +204,23 @@ def test_a_batch_is_told_whether_another_batch_is_running():
     assert sorted(rec.alone[1:]) == [False, True]
 
 
+def test_texts_another_model_runs_at_the_same_time_never_take_the_solo_session():
+    """Chat scores each message with two models at once: their batches keep to one thread each, even when the
+    first of them finds nothing else running."""
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, max_batch_size=4, workers=1)
+        await batcher.start()
+        await batcher.submit([[1]], solo=False)
+        await batcher.submit([[2]])
+        await batcher.submit([[3]], solo=False)
+        await batcher.stop()
+
+    run(main())
+    assert rec.alone == [False, True, False]
+
+
 def test_workers_are_pinned_to_their_own_cores_when_asked():
     cores = sorted(os.sched_getaffinity(0))
     seen: list[set[int]] = []
