@@ -13,10 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nlpsuite.shared.config import ServiceSettings
+from nlpsuite.shared.config import ModelSettings, ServiceSettings
 from nlpsuite.shared.errors import InvalidArgument, ServiceError
 from nlpsuite.shared.logs import failure
 from nlpsuite.shared.metrics import Metrics
+from nlpsuite.shared.model_repo import Task
 from nlpsuite.shared.priority import Lane, lane_of
 from nlpsuite.shared.security import TokenInterceptor, open_methods, server_credentials
 from nlpsuite.shared import tracing
@@ -46,6 +47,12 @@ class Service(abc.ABC):
 
     @abc.abstractmethod
     def models(self) -> Sequence[ServedModel]: ...
+
+    def served_model(self, model: ModelSettings, task: Task, field: str = "texts") -> ServedModel:
+        """One of this service's models: batched, token-limited and measured by the service's own settings;
+        `field` names the request field its texts come from (in error messages)."""
+        s = self.settings
+        return ServedModel(model, s.batch, s.max_tokens, s.reject_overlong, self.metrics, field=field, task=task)
 
     async def load(self) -> None:
         """Load and warm up every model (and whatever else the service needs) before SERVING."""

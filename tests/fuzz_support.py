@@ -11,9 +11,10 @@ import math
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings, strategies as st
 
@@ -176,9 +177,26 @@ def serve(service) -> Iterator[ServerThread]:
     print(f"\nfuzz cases run: {dict(CASES)}")
 
 
-def open_channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.target) as channel:
-        yield channel
+@pytest.fixture(scope="module")
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    """A channel to the module's `server` fixture (fuzz modules import this fixture)."""
+    with grpc.insecure_channel(server.target) as chan:
+        yield chan
+
+
+def typed_case(channel: grpc.Channel, service: str, method: str, calls: Sequence[Callable[[], object]],
+               check_reply: Callable[[object], None]) -> None:
+    """One typed example of one or more calls: each reply goes to `check_reply`, each refusal must be an ALLOWED
+    status with a message; then the server must still be SERVING."""
+    CASES[method] += 1
+    for call in calls:
+        try:
+            reply = call()
+        except grpc.RpcError as err:
+            check_status(err.code(), err.details(), method)
+        else:
+            check_reply(reply)
+    assert_serving(channel, service)
 
 
 def raw_case(channel: grpc.Channel, service: str, method: str, payload: bytes,

@@ -4,7 +4,6 @@ Examples per RPC and mode: NLPSUITE_FUZZ_EXAMPLES (default 150).
 """
 from __future__ import annotations
 
-import grpc
 import pytest
 from hypothesis import given, strategies as st
 
@@ -12,6 +11,7 @@ from nlpsuite.services.chat.service import ChatService
 from nlpsuite.shared.config import ChatSettings, ModelSettings
 from nlpsuite.v1 import chat_pb2, chat_pb2_grpc
 from tests import fuzz_support as fz
+from tests.fuzz_support import channel  # noqa: F401 - the fixture
 
 SERVICE = "nlpsuite.v1.ChatService"
 TOP_K = 3
@@ -37,11 +37,6 @@ def server(intent_version, embedder_version):
                             max_message_bytes=fz.MAX_MESSAGE_BYTES, top_k=TOP_K, max_conversations=500,
                             intent_model=model_settings(intent_version), embedder=model_settings(embedder_version))
     yield from fz.serve(ChatService(settings))
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    yield from fz.open_channel(server)
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +69,10 @@ def check_reply(reply: chat_pb2.ReplyResponse, labels: list[str]) -> None:
 @fz.FUZZ
 @given(texts=fz.text_lists(), timeout=st.sampled_from([fz.TIMEOUT_S] * 9 + [0.001]))
 def test_classify_intent_typed(channel, labels, texts, timeout):
-    fz.CASES["ClassifyIntent"] += 1
     stub = chat_pb2_grpc.ChatServiceStub(channel)
-    try:
-        response = stub.ClassifyIntent(chat_pb2.ClassifyIntentRequest(texts=texts), timeout=timeout)
-    except grpc.RpcError as err:
-        fz.check_status(err.code(), err.details(), "ClassifyIntent")
-    else:
-        check_classify(response, len(texts), labels)
-    fz.assert_serving(channel, SERVICE)
+    fz.typed_case(channel, SERVICE, "ClassifyIntent",
+                  [lambda: stub.ClassifyIntent(chat_pb2.ClassifyIntentRequest(texts=texts), timeout=timeout)],
+                  lambda response: check_classify(response, len(texts), labels))
 
 
 @fz.FUZZ
@@ -102,17 +92,10 @@ conversation_ids = st.one_of(fz.short_texts(), st.sampled_from(["c1", "c2", "x" 
 @given(turns=st.lists(st.tuples(conversation_ids, fz.texts()), min_size=1, max_size=4),
        timeout=st.sampled_from([fz.TIMEOUT_S] * 9 + [0.001]))
 def test_reply_typed(channel, labels, turns, timeout):
-    fz.CASES["Reply"] += 1
     stub = chat_pb2_grpc.ChatServiceStub(channel)
-    for conversation_id, message in turns:
-        try:
-            reply = stub.Reply(chat_pb2.ReplyRequest(conversation_id=conversation_id, message=message),
-                               timeout=timeout)
-        except grpc.RpcError as err:
-            fz.check_status(err.code(), err.details(), "Reply")
-        else:
-            check_reply(reply, labels)
-    fz.assert_serving(channel, SERVICE)
+    calls = [lambda c=conversation_id, m=message: stub.Reply(chat_pb2.ReplyRequest(conversation_id=c, message=m),
+                                                             timeout=timeout) for conversation_id, message in turns]
+    fz.typed_case(channel, SERVICE, "Reply", calls, lambda reply: check_reply(reply, labels))
 
 
 @fz.FUZZ

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import grpc
 import pytest
 from hypothesis import example, given, strategies as st
 
@@ -18,6 +17,7 @@ from nlpsuite.shared.config import ModelSettings, RecommendSettings
 from nlpsuite.shared.model_repo import Manifest, ModelRepository, write_manifest
 from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
 from tests import fuzz_support as fz
+from tests.fuzz_support import channel  # noqa: F401 - the fixture
 
 SERVICE = "nlpsuite.v1.RecommendService"
 FEATURES = ["popularity", "price"]
@@ -50,11 +50,6 @@ def server(embedder_version, ranker_repo):
         embedder=ModelSettings(name=embedder_version.manifest.name, repository=embedder_version.path.parent.parent),
         ranker=ModelSettings(name="recommender", repository=ranker_repo))
     yield from fz.serve(RecommendService(settings))
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    yield from fz.open_channel(server)
 
 
 feature_maps = st.dictionaries(st.one_of(st.sampled_from(FEATURES), fz.short_texts()), fz.FLOATS, max_size=4)
@@ -110,30 +105,20 @@ def check_rank(response: recommend_pb2.RankResponse, candidate_ids: list[str], k
 @example(user=EXTREME_USER, cands=EXTREME_CANDIDATES, timeout=fz.TIMEOUT_S)
 @given(user=users, cands=candidate_lists, timeout=st.sampled_from([fz.TIMEOUT_S] * 9 + [0.001]))
 def test_score_typed(channel, user, cands, timeout):
-    fz.CASES["Score"] += 1
     stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-    try:
-        response = stub.Score(request_of(recommend_pb2.ScoreRequest, user, cands), timeout=timeout)
-    except grpc.RpcError as err:
-        fz.check_status(err.code(), err.details(), "Score")
-    else:
-        check_score(response, [c.id for c in cands])
-    fz.assert_serving(channel, SERVICE)
+    fz.typed_case(channel, SERVICE, "Score",
+                  [lambda: stub.Score(request_of(recommend_pb2.ScoreRequest, user, cands), timeout=timeout)],
+                  lambda response: check_score(response, [c.id for c in cands]))
 
 
 @fz.FUZZ
 @example(user=EXTREME_USER, cands=EXTREME_CANDIDATES, k=2)
 @given(user=users, cands=candidate_lists, k=K)
 def test_rank_typed(channel, user, cands, k):
-    fz.CASES["Rank"] += 1
     stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-    try:
-        response = stub.Rank(request_of(recommend_pb2.RankRequest, user, cands, k=k), timeout=fz.TIMEOUT_S)
-    except grpc.RpcError as err:
-        fz.check_status(err.code(), err.details(), "Rank")
-    else:
-        check_rank(response, [c.id for c in cands], k)
-    fz.assert_serving(channel, SERVICE)
+    fz.typed_case(channel, SERVICE, "Rank",
+                  [lambda: stub.Rank(request_of(recommend_pb2.RankRequest, user, cands, k=k), timeout=fz.TIMEOUT_S)],
+                  lambda response: check_rank(response, [c.id for c in cands], k))
 
 
 @fz.FUZZ

@@ -12,6 +12,7 @@ from nlpsuite.services.sentiment.service import SentimentService
 from nlpsuite.shared.config import ModelSettings, SentimentSettings
 from nlpsuite.v1 import sentiment_pb2, sentiment_pb2_grpc
 from tests import fuzz_support as fz
+from tests.fuzz_support import channel  # noqa: F401 - the fixture
 
 SERVICE = "nlpsuite.v1.SentimentService"
 ALLOWED_ITEM_ERRORS = tuple(code.name for code in fz.ALLOWED)
@@ -29,11 +30,6 @@ def server(classifier_version):
         max_message_bytes=fz.MAX_MESSAGE_BYTES,
         model=ModelSettings(name=classifier_version.manifest.name, repository=classifier_version.path.parent.parent))
     yield from fz.serve(SentimentService(settings))
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    yield from fz.open_channel(server)
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +56,10 @@ def check_analyze(response: sentiment_pb2.AnalyzeResponse, texts: list[str], lab
 @fz.FUZZ
 @given(texts=fz.text_lists(), timeout=st.sampled_from([fz.TIMEOUT_S] * 9 + [0.001]))
 def test_analyze_typed(channel, labels, texts, timeout):
-    fz.CASES["Analyze"] += 1
     stub = sentiment_pb2_grpc.SentimentServiceStub(channel)
-    try:
-        response = stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=timeout)
-    except grpc.RpcError as err:
-        fz.check_status(err.code(), err.details(), "Analyze")
-    else:
-        check_analyze(response, texts, labels)
-    fz.assert_serving(channel, SERVICE)
+    fz.typed_case(channel, SERVICE, "Analyze",
+                  [lambda: stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=texts), timeout=timeout)],
+                  lambda response: check_analyze(response, texts, labels))
 
 
 @fz.FUZZ

@@ -24,7 +24,7 @@ from nlpsuite.shared.model_repo import read_label_examples
 from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto
-from nlpsuite.shared.serving import ModelRef, ServedModel, Timing
+from nlpsuite.shared.serving import ModelRef, Timing
 from nlpsuite.shared.tokenization import HEAD_CHARS_PER_TOKEN
 from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
@@ -43,9 +43,8 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
         super().__init__(settings)
         self.settings: ChatSettings = settings
         s = settings
-        self.intents = ServedModel(s.intent_model, s.batch, s.max_tokens, s.reject_overlong, self.metrics,
-                                   task="classify")
-        self.embedder = ServedModel(s.embedder, s.batch, s.max_tokens, s.reject_overlong, self.metrics, task="embed")
+        self.intents = self.served_model(s.intent_model, task="classify")
+        self.embedder = self.served_model(s.embedder, task="embed")
         self.kb: KnowledgeBase | None = None
         self.routing = Routing()
         self.index: RetrievalIndex | None = None

@@ -16,7 +16,7 @@ from nlpsuite.shared.model_repo import ModelRepoError, ModelRepository
 from nlpsuite.shared.priority import lane_of
 from nlpsuite.shared.server import Service, unary
 from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto
-from nlpsuite.shared.serving import ModelRef, ServedModel, Timing
+from nlpsuite.shared.serving import ModelRef, Timing
 from nlpsuite.shared.wire import add_servicer
 from nlpsuite.shared.validation import check_items, check_text
 from nlpsuite.v1 import recommend_pb2, recommend_pb2_grpc
@@ -34,8 +34,7 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
     def __init__(self, settings: RecommendSettings) -> None:
         super().__init__(settings)
         self.settings: RecommendSettings = settings
-        self.embedder = ServedModel(settings.embedder, settings.batch, settings.max_tokens, settings.reject_overlong,
-                                    self.metrics, field="candidates", task="embed")
+        self.embedder = self.served_model(settings.embedder, task="embed", field="candidates")
         self.cache = EmbeddingCache(settings.cache_size)
         self.ranker: Ranker | None = None
 

@@ -9,7 +9,7 @@ from nlpsuite.shared.offload import run_cpu, text_chars
 from nlpsuite.shared.priority import Lane, lane_of
 from nlpsuite.shared.server import Service, stream, unary
 from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto
-from nlpsuite.shared.serving import ServedModel, Timing
+from nlpsuite.shared.serving import Timing
 from nlpsuite.shared.wire import MalformedRequest, add_servicer
 from nlpsuite.shared.validation import check_text, check_texts
 from nlpsuite.services.sentiment.watchlist import Watchlist
@@ -24,8 +24,7 @@ class SentimentService(Service, sentiment_pb2_grpc.SentimentServiceServicer):
     def __init__(self, settings: SentimentSettings) -> None:
         super().__init__(settings)
         self.settings: SentimentSettings = settings
-        self.model = ServedModel(settings.model, settings.batch, settings.max_tokens, settings.reject_overlong,
-                                 self.metrics, task="classify")
+        self.model = self.served_model(settings.model, task="classify")
         self.watchlist: Watchlist | None = None
 
     def models(self):
