@@ -21,7 +21,9 @@ from nlpsuite.pipeline.distill import (
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.quantize import quantize_per_token
-from nlpsuite.pipeline.train import Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch
+from nlpsuite.pipeline.train import (
+    Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch, quiet_libraries,
+)
 from nlpsuite.shared.model_repo import (
     TOKENIZER, Manifest, ModelRepository, ModelVersion, VariantInfo, mkdirs_readable, write_label_examples,
     write_manifest,
@@ -155,6 +157,7 @@ def _weighted_targets(parts: list[tuple[np.ndarray, int]], task: str) -> np.ndar
 
 def build(config: BuildConfig) -> ModelVersion:
     started = time.monotonic()
+    quiet_libraries()
     hp = config.hyperparameters
     base = config.base or default_base_checkpoint()
     base_config = check_checkpoint(base)

@@ -54,6 +54,21 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def quiet_libraries() -> None:
+    """Keep library notices out of a build's output: transformers' load report (a new classifier head's weights are
+    missing by design) and weight-loading bars, and the ONNX exporter's tracer warnings (the exported graph is
+    checked against PyTorch by the accuracy gate, which is what matters)."""
+    import warnings
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -96,3 +96,14 @@ def test_evaluate_rejects_labels_the_model_does_not_know(built_classifier, tmp_p
     data = _write(tmp_path / "d.csv", "sentence,label\nhello,angry\n")
     assert main(["evaluate", "--model", str(built_classifier.path), "--data", str(data), "--text-col", "sentence"]) == 2
     assert "labels the model does not know: angry" in capsys.readouterr().err
+
+
+def test_a_build_prints_our_lines_not_the_libraries_notices(tmp_path, tiny_checkpoint, sentiment_csv):
+    """transformers' load report and weight-loading bars and the ONNX exporter's tracer warnings stay out of a
+    build's output (they said nothing a user could act on); our progress lines and results stay."""
+    out = subprocess.run([sys.executable, "-m", "nlpsuite.cli", *_build_args(sentiment_csv, tmp_path / "repo",
+                                                                             tiny_checkpoint, "--variants", "fp32")],
+                         capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert "published m version 1" in out.stdout
+    for noise in ("LOAD REPORT", "Loading weights", "TracerWarning", "aten::index", "Writing model shards"):
+        assert noise not in out.stdout + out.stderr, noise
