@@ -40,10 +40,10 @@ def default_configs(repository: Path, data_dir: Path | None = None) -> dict[str,
                                   hyperparameters=Hyperparameters(epochs=15, patience=4, learning_rate=2e-4)),
             # Retrieval as well as intents: the knowledge base's FAQ questions with their answers and each document
             # passage's title and sentences are pairs that belong together (chat searches them with this model).
-            # Three layers, distilled from a six-layer embedder of this recipe (TEACHERS): chat runs it beside the
-            # intent model on every message, and half the layers cost half the time (Reply p50 vs the one-model
-            # service before arbitration: 1.60x with six layers, 1.34-1.39x with three). On the chat cases' dev
-            # half the distilled L3 routes as well as the L6 (0.935), a plainly trained L3 worse (0.898).
+            # Three layers, distilled from a six-layer embedder of this recipe (teacher_configs): chat runs it
+            # beside the intent model on every message, and half the layers cost half the time (Reply p50 vs the
+            # one-model service before arbitration: 1.60x with six layers, 1.37-1.44x with three). On the chat
+            # cases' dev half the distilled L3 routes as well as the L6 (0.935), a plainly trained L3 worse (0.898).
             "embedder": BuildConfig(task="embed", name="embedder", data=retrieval_training_data(repository),
                                     label_col="intent", repository=repository,
                                     hyperparameters=Hyperparameters(epochs=6, learning_rate=1e-4, keep_layers=3)),

@@ -162,8 +162,9 @@ def stream(method: str, field: str, error_reply: ErrorReply, window: Callable[[S
                     reply = error_reply(self, item, f"{exc.code.name}: {exc}", timing)
                     status = exc.code.name
                 except Exception as exc:  # noqa: BLE001 - one bad item must not end the stream
-                    log.error("stream item failed", extra={"service": self.short_name, "method": method,
-                                                           **failure(exc)})
+                    log.error("stream item failed", extra={
+                        "service": self.short_name, "method": method,
+                        "request_id": str(getattr(item, "request_id", ""))[:128], **failure(exc)})
                     log.debug("stream item failure detail", exc_info=True)  # the message may quote the text
                     reply = error_reply(self, item, "INTERNAL: internal error", timing)
                     status = "INTERNAL"

@@ -66,6 +66,8 @@ def test_server_logs_at_info_hold_no_text_and_no_token(built_classifier, caplog)
     assert "serving" in messages and "handler failed" in messages and "stream item failed" in messages
     failed = next(r for r in records if r.getMessage() == "handler failed")
     assert failed.error == "ValueError" and "_result" in failed.where and failed.levelno == logging.ERROR
+    item_failed = next(r for r in records if r.getMessage() == "stream item failed")
+    assert item_failed.request_id == "bad" and item_failed.method == "AnalyzeStream"
     assert leaked(records) == []
 
 
