@@ -124,3 +124,10 @@ def sentiment(sentiment_repository, tmp_path_factory):
     proc = sentiment_process(sentiment_repository, tmp_path_factory.mktemp("logs")).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(request, server):
+    """A client of the module's `server` fixture, of the class the module names as CLIENT."""
+    with request.module.CLIENT(server.target) as c:
+        yield c

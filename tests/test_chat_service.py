@@ -41,6 +41,8 @@ def routing_file(tmp_path, **params) -> Path:
 ALWAYS_INTENT = {"min_confidence": 0.0, "margin": 2.0}  # retrieval never beats the intent by 2
 ALWAYS_RETRIEVAL = {"min_confidence": 0.0, "margin": -2.0, "lexical_weight": 0.0}
 
+CLIENT = ChatClient  # the `client` fixture (conftest.py) connects one to the module's `server`
+
 
 @pytest.fixture(scope="module")
 def intent_data():
@@ -62,12 +64,6 @@ def server(built_intent, built_embedder):
     settings = chat_settings(built_intent, built_embedder, max_items=1000)
     with ServerThread(ChatService(settings)).start() as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with ChatClient(server.target) as c:
-        yield c
 
 
 def test_intent_accuracy_through_the_service_equals_the_models_own(client, intent_data, own_predictions):

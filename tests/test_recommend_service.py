@@ -21,6 +21,8 @@ from tests.support import reflected_services
 
 GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi", "Romance", "Western"]
 
+CLIENT = RecommendClient  # the `client` fixture (conftest.py) connects one to the module's `server`
+
 
 @pytest.fixture(scope="module")
 def movielens_dir(tmp_path_factory):
@@ -100,12 +102,6 @@ def server(built_recommender, built_embedder):
     )
     with ServerThread(RecommendService(settings)).start() as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with RecommendClient(server.target) as c:
-        yield c
 
 
 HISTORY = [("Film number 1 (1961). Drama, Comedy", 5.0), ("Film number 2 (1962). Horror, Drama", 1.0),

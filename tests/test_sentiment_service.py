@@ -29,17 +29,13 @@ TEXTS = [
     "The weather was fine",
 ]
 
+CLIENT = SentimentClient  # the `client` fixture (conftest.py) connects one to the module's `server`
+
 
 @pytest.fixture(scope="module")
 def server(built_classifier):
     with ServerThread(SentimentService(settings_for(built_classifier, max_items=64))).start() as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with SentimentClient(server.target) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
