@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from nlpsuite.pipeline.data import DataError, Dataset, label_counts, label_set, load_dataset, stratified_split
 from nlpsuite.pipeline.distill import (
-    check_settings, check_teacher, ensemble_logits, teacher_embeddings, train_ensemble,
+    check_settings, check_teacher, ensemble_outputs, mean_outputs, teacher_outputs,
 )
 from nlpsuite.pipeline.export import export_onnx, fuse, to_fp16
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
@@ -144,17 +144,6 @@ def golden_set(task: str, encoder: TextEncoder, texts: list[str], outputs: dict[
                            {name: out[rows] for name, out in outputs.items()})
 
 
-def _weighted_targets(parts: list[tuple[np.ndarray, int]], task: str) -> np.ndarray | None:
-    """One set of teacher outputs from groups of averaged teachers, each teacher weighing the same."""
-    if not parts:
-        return None
-    total = sum(n for _, n in parts)
-    mean = sum(outputs * (n / total) for outputs, n in parts)
-    if task == "embed":
-        mean = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)
-    return mean.astype(np.float32)
-
-
 def build(config: BuildConfig) -> ModelVersion:
     started = time.monotonic()
     quiet_libraries()
@@ -175,16 +164,13 @@ def build(config: BuildConfig) -> ModelVersion:
     if config.teachers or config.ensemble:
         check_settings(hp.distill_weight, hp.distill_temperature)
     teachers = [check_teacher(path, config.task, labels, base_config.get("hidden_size")) for path in config.teachers]
-    parts: list[tuple[np.ndarray, int]] = []  # (averaged outputs, how many teachers they average)
-    if teachers:
-        parts.append((ensemble_logits(teachers, train.texts, labels, hp.max_length) if config.task == "classify"
-                      else teacher_embeddings(teachers, train.texts, hp.max_length), len(teachers)))
+    taught = teacher_outputs(teachers, config.task, train.texts, labels, hp.max_length)  # one array per teacher
     ensemble_report: list[dict] = []
     if config.ensemble:
-        outputs, ensemble_report = train_ensemble(base, config.task, train, dev, labels, hp, config.ensemble,
-                                                  progress=config.progress)
-        parts.append((outputs, config.ensemble))
-    targets = _weighted_targets(parts, config.task)
+        trained, ensemble_report = ensemble_outputs(base, config.task, train, dev, labels, hp, config.ensemble,
+                                                    progress=config.progress)
+        taught += trained
+    targets = mean_outputs(taught, config.task) if taught else None
     result = fine_tune(base, config.task, train, dev, labels, hp, progress=config.progress, teacher_outputs=targets)
     model, tokenizer = result.model, result.tokenizer
 

@@ -103,14 +103,37 @@ def teacher_logits(checkpoint: Path, texts: list[str], labels: list[str], max_le
 
 def ensemble_logits(checkpoints: list[Path], texts: list[str], labels: list[str], max_length: int) -> np.ndarray:
     """The teachers' mean logits: an ensemble's soft targets (one teacher: its own)."""
-    return np.mean([teacher_logits(c, texts, labels, max_length) for c in checkpoints], axis=0).astype(np.float32)
+    return mean_outputs([teacher_logits(c, texts, labels, max_length) for c in checkpoints], "classify")
+
+
+def mean_outputs(outputs: list[np.ndarray], task: str) -> np.ndarray:
+    """Several teachers' outputs as one target, each teacher weighing the same: the mean logits, or for embedders
+    the normalised mean embedding."""
+    mean = np.mean(outputs, axis=0)
+    if task == "embed":
+        mean = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)
+    return mean.astype(np.float32)
+
+
+def teacher_outputs(checkpoints: list[Path], task: str, texts: list[str], labels: list[str], max_length: int
+                    ) -> list[np.ndarray]:
+    """Each given teacher's outputs over `texts`: logits in `labels` order, or unit embeddings."""
+    if task == "classify":
+        return [teacher_logits(c, texts, labels, max_length) for c in checkpoints]
+    return [_teacher_embeddings(c, texts, max_length) for c in checkpoints]
 
 
 def train_ensemble(base: Path, task: str, train, dev, labels: list[str], hp, n: int, progress: bool = True
                    ) -> tuple[np.ndarray, list[dict]]:
-    """`--teachers N`: fine-tune N full-depth models of this recipe from the base, from seeds hp.seed + 1 ... + N,
-    and return their averaged outputs over the training texts (mean logits; for embedders, the normalised mean
-    embedding) with each teacher's seed and dev score. The teachers are not kept."""
+    """`--teachers N`: the averaged outputs (mean_outputs) of ensemble_outputs' N teachers, with their report."""
+    outputs, report = ensemble_outputs(base, task, train, dev, labels, hp, n, progress)
+    return mean_outputs(outputs, task), report
+
+
+def ensemble_outputs(base: Path, task: str, train, dev, labels: list[str], hp, n: int, progress: bool = True
+                     ) -> tuple[list[np.ndarray], list[dict]]:
+    """Fine-tune N full-depth models of this recipe from the base, from seeds hp.seed + 1 ... + N, and return each
+    one's outputs over the training texts with its seed and dev score. The teachers are not kept."""
     from dataclasses import replace
 
     from nlpsuite.pipeline.train import fine_tune
@@ -123,27 +146,17 @@ def train_ensemble(base: Path, task: str, train, dev, labels: list[str], hp, n: 
         report.append({"seed": teacher_hp.seed, "dev": round(result.best_dev_metric, 4),
                        "epochs_run": result.epochs_run})
         log.info("ensemble teacher %d of %d (seed %d): dev %.4f", i, n, teacher_hp.seed, result.best_dev_metric)
-    return _mean_outputs(outputs, task), report
+    return outputs, report
 
 
-def _mean_outputs(outputs: list[np.ndarray], task: str) -> np.ndarray:
-    mean = np.mean(outputs, axis=0)
-    if task == "embed":
-        mean = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-9)
-    return mean.astype(np.float32)
-
-
-def teacher_embeddings(checkpoints: list[Path], texts: list[str], max_length: int) -> np.ndarray:
-    """The teachers' unit-norm mean-pooled embeddings of `texts` (several teachers: their normalised mean)."""
+def _teacher_embeddings(checkpoint: Path, texts: list[str], max_length: int) -> np.ndarray:
+    """An embedder teacher's unit-norm mean-pooled embeddings of `texts`."""
     from transformers import AutoModel, AutoTokenizer
 
-    rows = []
-    for checkpoint in checkpoints:
-        model = AutoModel.from_pretrained(str(checkpoint), local_files_only=True, attn_implementation="eager").eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True, local_files_only=True)
-        rows.append(predict_torch(model, tokenizer, texts, "embed", max_length))
-        log.info("teacher %s embedded %d training texts", checkpoint, len(texts))
-    return _mean_outputs(rows, "embed")
+    model = AutoModel.from_pretrained(str(checkpoint), local_files_only=True, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True, local_files_only=True)
+    log.info("teacher %s embeds %d training texts", checkpoint, len(texts))
+    return predict_torch(model, tokenizer, texts, "embed", max_length)
 
 
 def embedding_distillation_loss(student, teacher, contrastive, temperature: float, weight: float):
