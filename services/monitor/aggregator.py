@@ -222,6 +222,7 @@ class Aggregator:
                     headers = tracing.headers(carrier=tracing.carrier_of_headers(rec.headers)) \
                         if tracing.enabled() and rec.headers else None
                     alerts.append((tp.partition, alert, published_ms, headers))
+
         def send(_attempt: int) -> list:
             return [self.publisher.send(self.s.topics.alerts, key=a.key.encode(), value=a.to_bytes(), partition=p,
                                         headers=h) for p, a, _, h in alerts]
@@ -230,7 +231,7 @@ class Aggregator:
             sleep_until(time.monotonic() + delay, self.stop)
             return not self.stop.is_set()
 
-        if not publish_confirmed(self.publisher, send, self.s.kafka.request_timeout_ms / 1000 + 5, "alerts",
+        if not publish_confirmed(self.publisher, send, self.s.kafka.confirm_timeout_s, "alerts",
                                  self.metrics.publish_failures.labels("alert").inc, wait, backoff):
             return False  # nothing committed: replayed (same ids) after restart
         acked = time.time()

@@ -48,6 +48,11 @@ class KafkaSettings(BaseModel):
     producer_linger_ms: int = 5
     producer_acks: Literal["all", "1", "0"] = "all"
 
+    @property
+    def confirm_timeout_s(self) -> float:
+        """How long a producer waits for the broker's acks of what it sent: a request's timeout plus slack."""
+        return self.request_timeout_ms / 1000 + 5
+
     @model_validator(mode="after")
     def _check_security(self) -> "KafkaSettings":
         one_of(self.ssl_password, self.ssl_password_file, "ssl_password")

@@ -30,7 +30,7 @@ def replay(path: Path, topic: str, kafka: KafkaSettings, rate: float | None = No
     """Send every non-empty line of `path` to `topic` keyed by its `key_field` (when it parses). Returns the
     count. `rate` is messages per second (None: as fast as possible). Waits for every acknowledgement."""
     publisher = Publisher(kafka.producer())
-    confirm_s = kafka.request_timeout_ms / 1000 + 5
+    confirm_s = kafka.confirm_timeout_s
     sent = 0
     t0 = time.perf_counter()
     window: list[tuple[bytes | None, bytes, object]] = []

@@ -271,7 +271,7 @@ class Scorer:
                 self._wait(delay, batch.records)
                 return True
 
-            publish_confirmed(self.publisher, send, self.s.kafka.request_timeout_ms / 1000 + 5, "the batch",
+            publish_confirmed(self.publisher, send, self.s.kafka.confirm_timeout_s, "the batch",
                               self.metrics.publish_failures.labels("score").inc, wait,
                               Backoff(self.s.retry_initial_s, self.s.retry_max_s), lambda: self._timed("confirm"))
             self._commit(batch)
