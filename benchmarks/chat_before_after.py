@@ -43,6 +43,12 @@ def earlier_service(commit: str):
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:services/chat/{name}.py"],
                               check=True, capture_output=True, text=True).stdout
         text = text.replace("from nlpsuite.services.chat.knowledge_base import", "from earlier_knowledge_base import")
+        # The wire helpers moved to shared/rpc.py since (same functions): the earlier code calls them there.
+        text = text.replace("from nlpsuite.shared.serving import ServedModel, Timing, deadline_of",
+                            "from nlpsuite.shared.rpc import deadline_of, model_info, timing_proto\n"
+                            "from nlpsuite.shared.serving import ServedModel, Timing")
+        text = text.replace("timing.proto()", "timing_proto(timing)").replace("model=result.model",
+                                                                                "model=model_info(result.model)")
         (folder / f"earlier_{name}.py").write_text(text)
     sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location("earlier_service", folder / "earlier_service.py")

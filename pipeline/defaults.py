@@ -35,8 +35,11 @@ def default_configs(repository: Path, data_dir: Path | None = None) -> dict[str,
             # The intents, plus one class for "answered by the knowledge collection" (the FAQ questions and the
             # documents' section titles): the classifier then says when a message is about the FAQ or a document
             # rather than confidently picking the nearest intent.
+            # Its dev split is 78 texts over 29 labels: one text is 1.28 points of accuracy and ~1.8 of macro-F1, so
+            # the usual 1-point gate would refuse any int8 that differs on a single text (chat judges the served
+            # variant again on its own cases).
             "intent": BuildConfig(task="classify", name="intent", data=intent_training_data(repository),
-                                  label_col="intent", repository=repository,
+                                  label_col="intent", repository=repository, max_drop_points=2.0,
                                   hyperparameters=Hyperparameters(epochs=15, patience=4, learning_rate=2e-4)),
             # Retrieval as well as intents: the knowledge base's FAQ questions with their answers and each document
             # passage's title and sentences are pairs that belong together (chat searches them with this model).
