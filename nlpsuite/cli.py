@@ -17,6 +17,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="recommend: MovieLens-layout dir (movies.csv, ratings_train.csv, "
                                                  "tags_train.csv; ratings_dev.csv if present is scored)")
     p.add_argument("--embedder", type=Path, help="recommend: embedder dir (default: <repository>/embedder)")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="recommend: instead of --embedder, fine-tune an encoder (from --base) on the train split's "
+                        "behaviour and publish it as <name>-encoder")
+    p.add_argument("--steps", type=int, help="recommend --fine-tune: fine-tuning steps (default 200)")
     p.add_argument("--dev", type=Path, help="dev CSV or JSONL (default: a stratified split of --data)")
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
@@ -24,7 +28,8 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, default=Path("models"), help="model repository root (default: models)")
     p.add_argument("--epochs", type=int, default=hp.epochs)
     p.add_argument("--batch-size", type=int, default=hp.batch_size)
-    p.add_argument("--learning-rate", type=float, default=hp.learning_rate)
+    p.add_argument("--learning-rate", type=float,
+                   help=f"default {hp.learning_rate} (recommend --fine-tune: 1e-5)")
     p.add_argument("--patience", type=int, default=hp.patience)
     p.add_argument("--max-length", type=int, default=hp.max_length)
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (quick runs)")
@@ -56,8 +61,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         if args.data_dir is None:
             raise SystemExit("nlpsuite build: --task recommend needs --data-dir")
-        version = build_recommender(args.data_dir, args.embedder or args.repository / "embedder", args.repository,
-                                    name=args.name)
+        behaviour, embedder = None, args.embedder or args.repository / "embedder"
+        if args.fine_tune:
+            from nlpsuite.pipeline.behaviour import BehaviourHyperparameters
+
+            if args.embedder is not None:
+                raise SystemExit("nlpsuite build: --fine-tune trains its own encoder (from --base); drop --embedder")
+            embedder, defaults = None, BehaviourHyperparameters()
+            behaviour = BehaviourHyperparameters(
+                steps=args.max_steps or args.steps or defaults.steps, keep_layers=args.keep_layers, seed=args.seed,
+                learning_rate=args.learning_rate or defaults.learning_rate)
+        version = build_recommender(args.data_dir, embedder, args.repository, name=args.name, base=args.base,
+                                    behaviour=behaviour)
         print(f"published {version.manifest.name} version {version.manifest.version} -> {version.path}")
         print(f"  metrics {version.manifest.reference_metrics}")
         return 0
@@ -70,7 +85,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         task=args.task, name=args.name, data=args.data, dev=args.dev, text_col=args.text_col,
         label_col=args.label_col, base=args.base, repository=args.repository,
         hyperparameters=Hyperparameters(
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate or Hyperparameters.learning_rate,
             patience=args.patience, max_length=args.max_length, seed=args.seed,
             keep_layers=args.keep_layers, max_steps=args.max_steps,
             distill_temperature=args.distill_temperature, distill_weight=args.distill_weight,

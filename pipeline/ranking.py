@@ -1,5 +1,5 @@
-"""Training math for the recommender's combiner: logistic regression over standardized features, and AUC to judge
-it. Serving only reads the fitted `Ranker` (services/recommend/scoring.py); fitting and judging belong here."""
+"""Training math for the recommender's combiner: logistic regression over standardized features, and AUC and NDCG
+to judge it. Serving only reads the fitted `Ranker` (services/recommend/scoring.py); fitting and judging belong here."""
 from __future__ import annotations
 
 import math
@@ -43,3 +43,14 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def ndcg_at_k(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
+    """DCG of the top `k` by score over the best possible DCG (log2 discounts); nan when nothing has gain."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    top = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    ideal = np.sort(np.asarray(gains, np.float64))[::-1][:k]
+    best = float((ideal * discounts[: len(ideal)]).sum())
+    if best <= 0:
+        return math.nan
+    return float((np.asarray(gains, np.float64)[top] * discounts[: len(top)]).sum()) / best

@@ -85,7 +85,8 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         for i, cand in enumerate(request.candidates):
             if not cand.id:
                 raise InvalidArgument(f"candidates[{i}].id is required")
-            check_text(cand.text, s, f"candidates[{i}].text")
+            if cand.text.strip():  # a candidate without text ranks by its features alone
+                check_text(cand.text, s, f"candidates[{i}].text")
             for name, value in cand.features.items():
                 if not math.isfinite(value):
                     raise InvalidArgument(f"candidates[{i}].features[{name!r}] is not a finite number")
@@ -139,20 +140,28 @@ class RecommendService(Service, recommend_pb2_grpc.RecommendServiceServicer):
         user = request.user
         history = [(item_key(HISTORY_ID, h.text), h.text) for h in user.history]
         profile = [(item_key(PROFILE_ID, user.profile), user.profile)] if user.profile.strip() else []
-        cands = [(item_key(c.id, c.text), c.text) for c in request.candidates]
+        texted = [i for i, c in enumerate(request.candidates) if c.text.strip()]
+        cands = [(item_key(request.candidates[i].id, request.candidates[i].text), request.candidates[i].text)
+                 for i in texted]
         vectors, cached, info = await self._vectors(history + profile + cands, timing, deadline_of(context),
                                                     lane_of(context))
         n_hist, n_prof = len(history), len(profile)
         hist = np.stack(vectors[:n_hist]) if n_hist else np.zeros((0, 0), np.float32)
         ratings = [h.rating if h.HasField("rating") else None for h in user.history]
         interest, liked = user_vectors(hist, ratings, vectors[n_hist] if n_prof else None)
-        cand = np.stack(vectors[n_hist + n_prof:])
+        # Without text a candidate's text features are missing, which the ranker counts as their mean.
+        cand = np.full((len(request.candidates), len(interest)), np.nan, np.float32)
+        flags = [False] * len(request.candidates)
+        if texted:
+            cand[texted] = np.stack(vectors[n_hist + n_prof:])
+            for i, hit in zip(texted, cached[n_hist + n_prof:]):
+                flags[i] = hit
         text_match, liked_match = cand @ interest, cand @ liked
         x = self.ranker.matrix(text_match, liked_match, [dict(c.features) for c in request.candidates])
         scores = self.ranker.score(x)
-        flags = cached[n_hist + n_prof:]
-        return [recommend_pb2.ScoredItem(id=c.id, score=float(s), text_match=float(t), cached=f)
-                for c, s, t, f in zip(request.candidates, scores, text_match, flags)], info
+        shown = np.nan_to_num(text_match).tolist()
+        return [recommend_pb2.ScoredItem(id=c.id, score=s, text_match=t, cached=f)
+                for c, s, t, f in zip(request.candidates, scores.tolist(), shown, flags)], info
 
     @unary("Score", field="candidates")
     async def Score(self, request: recommend_pb2.ScoreRequest, context, timing: Timing):
