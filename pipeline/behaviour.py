@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.pipeline.train import TrainResult, load_for_task, mean_pool, seed_everything
+from nlpsuite.pipeline.train import TrainResult, _device, load_for_task, mean_pool, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
     if len(pool) < hp.users_per_step:
         raise ValueError(f"{len(pool)} users have liked and disliked items; at least {hp.users_per_step} needed")
     model, tokenizer = load_for_task(base, "embed", [], hp.keep_layers)
+    device = _device()
+    model.to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.steps * hp.warmup_ratio), max(hp.steps, 1))
@@ -118,6 +120,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
     def embed(items: list[str]):
         enc = tokenizer([data.texts[i] for i in items], padding=True, truncation=True, max_length=hp.max_length,
                         return_tensors="pt", return_token_type_ids=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
         return mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
 
     def evaluate() -> float:
@@ -136,6 +139,8 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
     losses: list[float] = []
     for step in range(1, hp.steps + 1):
         plans = [p for p in (_plan(data.users[u], hp, rng) for u in rng.sample(pool, hp.users_per_step)) if p]
+        if not plans:
+            continue
         context_items = sorted({r.item for context, _, _ in plans for r in context})
         target_items = sorted({i for _, pos, neg in plans for i in pos + neg})
         with torch.no_grad():
@@ -144,7 +149,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
         where = {item: k for k, item in enumerate(target_items)}
         terms = []
         for context, pos, neg in plans:
-            weights = torch.from_numpy(user_weights([r.rating for r in context]))
+            weights = torch.from_numpy(user_weights([r.rating for r in context])).to(device)
             user = torch.nn.functional.normalize(
                 (weights[:, None] * torch.stack([context_emb[r.item] for r in context])).sum(0), dim=0)
             s_pos = target_emb[[where[i] for i in pos]] @ user * hp.scale
@@ -164,6 +169,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
             if score is None or held_out > best:
                 best = held_out
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    model.to("cpu")
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, best_dev_metric=best, epochs_run=0, steps=hp.steps,

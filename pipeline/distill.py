@@ -31,30 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.pipeline.train import CheckpointError, check_checkpoint, predict_torch
+from nlpsuite.pipeline.train import CheckpointError, check_checkpoint, predict_torch, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 class TeacherError(CheckpointError):
     """A --teacher that cannot teach this build: not a classifier, other labels, no checkpoint (exit code 2)."""
-
-
-def resolve_teacher(path: Path) -> Path:
-    """The checkpoint directory of a teacher given as a checkpoint, a published version or a model's folder (its
-    newest version)."""
-    from nlpsuite.shared.model_repo import ModelRepoError, version_at
-
-    if (path / "config.json").is_file():
-        return path
-    try:
-        version = version_at(path)
-    except (ModelRepoError, OSError, ValueError):
-        raise TeacherError(f"teacher {path} is neither a Hugging Face model directory nor a published model "
-                           f"version") from None
-    if version.manifest.checkpoint is None:
-        raise TeacherError(f"teacher {version.path} was published without its PyTorch checkpoint: rebuild it with "
-                           f"--save-checkpoint to distil from it")
-    return version.path / version.manifest.checkpoint
 
 
 def check_settings(weight: float, temperature: float) -> None:
@@ -67,7 +49,7 @@ def check_settings(weight: float, temperature: float) -> None:
 def check_teacher(path: Path, task: str, labels: list[str], hidden_size: int | None = None) -> Path:
     """The teacher's checkpoint, checked against this build before any training: for a classifier, a classifier of
     the same labels; for an embedder, an encoder (not a classifier) with the student's width (`hidden_size`)."""
-    checkpoint = resolve_teacher(path)
+    checkpoint = resolve_checkpoint(path, role="teacher")
     config = check_checkpoint(checkpoint, role="teacher")
     architectures = config.get("architectures") or []
     if task == "embed":

@@ -286,7 +286,8 @@ class HeldOutGate:
     texts: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.items = sorted({r.item for u in self.users for r in self.data.users[u] if self.data.texts[r.item].strip()})
+        self.items = sorted({r.item for u in self.users for r in self.data.users[u]
+                             if self.data.texts[r.item].strip()})
         self.texts = [self.data.texts[i] for i in self.items]
 
     def metrics(self, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -301,13 +302,12 @@ def train_encoder(data: MovieLens, encoder_users: list[str], ranker_users: list[
                   source: dict, max_drop_points: float = 1.0) -> ModelVersion:
     """Fine-tune on `encoder_users`' behaviour, keep the state that ranks `ranker_users`' targets best, publish."""
     from nlpsuite.pipeline.build import default_base_checkpoint
-    from nlpsuite.pipeline.distill import resolve_teacher
     from nlpsuite.pipeline.package import Packaging, checkpoint_sha256, package
-    from nlpsuite.pipeline.train import check_checkpoint, predict_torch, quiet_libraries
+    from nlpsuite.pipeline.train import check_checkpoint, predict_torch, quiet_libraries, resolve_checkpoint
 
     started = time.monotonic()
     quiet_libraries()
-    base = resolve_teacher(base) if base is not None else default_base_checkpoint()
+    base = resolve_checkpoint(base) if base is not None else default_base_checkpoint()
     base_config = check_checkpoint(base)
     gate = HeldOutGate(data, ranker_users, stats)
 

@@ -77,6 +77,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_checkpoint(path: Path, role: str = "base checkpoint") -> Path:
+    """The Hugging Face directory of a model given as one, as a published version or as a model's folder (its newest
+    version, which must have been published with its checkpoint)."""
+    from nlpsuite.shared.model_repo import ModelRepoError, version_at
+
+    if (path / "config.json").is_file():
+        return path
+    try:
+        version = version_at(path)
+    except (ModelRepoError, OSError, ValueError):
+        raise CheckpointError(f"{role} {path} is neither a Hugging Face model directory nor a published model "
+                              f"version") from None
+    if version.manifest.checkpoint is None:
+        raise CheckpointError(f"{role} {version.path} was published without its PyTorch checkpoint: rebuild it with "
+                              f"--save-checkpoint to train from it")
+    return version.path / version.manifest.checkpoint
+
+
 def check_checkpoint(path: Path, role: str = "base checkpoint") -> dict:
     """Validate a Hugging Face checkpoint dir before any heavy work; returns its config as a dict."""
     from transformers import AutoConfig
