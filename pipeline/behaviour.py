@@ -10,7 +10,6 @@ alone carries it, which costs half as much and, with one shared tower, moves the
 """
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.pipeline.train import TrainResult, _device, load_for_task, mean_pool, seed_everything
+from nlpsuite.pipeline.train import (
+    TrainResult, load_for_task, mean_pool, optimizer_step, seed_everything, snapshot, training_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
     if len(pool) < hp.users_per_step:
         raise ValueError(f"{len(pool)} users have liked and disliked items; at least {hp.users_per_step} needed")
     model, tokenizer = load_for_task(base, "embed", [], hp.keep_layers)
-    device = _device()
+    device = training_device()
     model.to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
@@ -132,7 +133,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
 
     started = time.monotonic()
     best = evaluate()
-    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})  # kept if never beaten
+    best_state = snapshot(model)  # kept if never beaten
     history: list[dict[str, float]] = [{"step": 0, "held_out": best}]
     say = report or (lambda line: log.info("%s", line))
     say(f"behaviour fine-tuning: step 0 (the base), held-out {best:.4f}")
@@ -155,20 +156,14 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
             s_pos = target_emb[[where[i] for i in pos]] @ user * hp.scale
             s_neg = target_emb[[where[i] for i in neg]] @ user * hp.scale
             terms.append(torch.nn.functional.softplus(s_neg[None, :] - s_pos[:, None]).mean())
-        loss = torch.stack(terms).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
+        losses.append(optimizer_step(model, torch.stack(terms).mean(), optimizer, scheduler))
         if step % hp.eval_every == 0 or step == hp.steps:
             held_out = evaluate()
             history.append({"step": step, "loss": float(np.mean(losses[-hp.eval_every:])), "held_out": held_out})
             say(f"behaviour fine-tuning: step {step}, loss {history[-1]['loss']:.4f}, held-out {held_out:.4f}")
             if score is None or held_out > best:
                 best = held_out
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_state = snapshot(model)
     model.to("cpu")
     model.load_state_dict(best_state)
     model.eval()

@@ -165,7 +165,7 @@ def load_for_task(base: Path, task: str, labels: list[str], keep_layers: int | N
     return model, tokenizer
 
 
-def _device():
+def training_device():
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,6 +177,23 @@ def _length_grouped_batches(lengths: list[int], size: int, rng: random.Random) -
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     rng.shuffle(batches)
     return batches
+
+
+def optimizer_step(model, loss, optimizer, scheduler) -> float:
+    """Backpropagate `loss`, clip the gradients to norm 1, step the optimizer and the schedule; the loss's value."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return float(loss.detach())
+
+
+def snapshot(model) -> dict:
+    """A CPU copy of the model's weights (the best state so far)."""
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def mean_pool(hidden, mask):
@@ -265,7 +282,7 @@ def fine_tune(
 
     seed_everything(hp.seed)
     model, tokenizer = load_for_task(base, task, labels, hp.keep_layers)
-    device = _device()
+    device = training_device()
     model.to(device)
     log.info("fine-tuning on %s", device)
     rng = random.Random(hp.seed)
@@ -328,12 +345,7 @@ def fine_tune(
                 if teacher_outputs is not None:
                     target_emb = torch.from_numpy(teacher_outputs[rows]).to(device)
                     loss = embedding_distillation_loss(emb, target_emb, loss, hp.temperature, hp.distill_weight)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(model, loss, optimizer, scheduler))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -344,7 +356,7 @@ def fine_tune(
         bar.write(f"epoch {epochs_run}: train loss {history[-1]['loss']:.4f}, dev {'accuracy' if task == 'classify' else 'centroid accuracy'} {score:.4f}")
         if score > best:
             best, stale = score, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = snapshot(model)
         else:
             stale += 1
             if stale >= hp.patience:
