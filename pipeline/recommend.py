@@ -247,7 +247,11 @@ def report(data: MovieLens, vectors: dict[str, np.ndarray], ranker: Ranker, with
            "text_only_mean_user_auc": text_only, "cold_start_text_only_mean_user_auc": cold,
            "cold_start_users": cold_users,
            "cold_start_targets": sum(1 for rows in data.users.values() for r in rows
-                                     if r.role == "target" and r.item not in known_items)}
+                                     if r.role == "target" and r.item not in known_items),
+           "one_class_users": sum(1 for rows in data.users.values()
+                                  if len({r.label for r in rows if r.role == "target"} & {"positive", "negative"}) == 1)}
+    if out["one_class_users"]:
+        log.info("%d users have only liked or only disliked targets: they count in no AUC", out["one_class_users"])
     if without_text is not None:
         out["without_text_mean_user_auc"], _ = mean_user_auc(data, vectors, without_text, stats, leave_out=False)
         out["text_gain_points"] = (value - out["without_text_mean_user_auc"]) * 100

@@ -92,6 +92,7 @@ def test_evaluate_reports_ndcg_cold_start_and_what_the_text_adds(built_recommend
     result = evaluate_recommender(built_recommender.path, movielens_dir, "dev")
     assert 0 < result["ndcg@10"] <= 1 and result["ndcg_users"] > 5
     assert result["without_text_mean_user_auc"] > 0.5
+    assert result["n_users"] + result["one_class_users"] == 15  # every dev user has targets; some only one class
     assert result["text_gain_points"] == pytest.approx(
         (result["mean_user_auc"] - result["without_text_mean_user_auc"]) * 100, abs=0.02)
     # every dev movie is also rated in train here, so no cold-start targets: reported as such, not as a number
