@@ -22,6 +22,7 @@ import numpy as np
 from nlpsuite.pipeline.train import (
     TrainResult, load_for_task, mean_pool, optimizer_step, seed_everything, snapshot, training_device,
 )
+from nlpsuite.services.recommend.scoring import rating_weights
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,6 @@ class Interactions:
 
     texts: dict[str, str]
     users: dict[str, list[RatedItem]] = field(default_factory=dict)
-
-
-def user_weights(ratings: Sequence[float]) -> np.ndarray:
-    """Serving's rule (scoring.user_vectors): rating minus the user's mean, scaled to at most 1; all equal -> 1."""
-    r = np.asarray(ratings, np.float64)
-    w = r - r.mean()
-    if not np.any(w):
-        w = np.ones_like(r)
-    return (w / np.abs(w).max()).astype(np.float32)
 
 
 def _plan(rated: list[RatedItem], hp: BehaviourHyperparameters, rng: random.Random
@@ -150,7 +142,7 @@ def fine_tune_on_behaviour(base: Path, data: Interactions, users: Sequence[str],
         where = {item: k for k, item in enumerate(target_items)}
         terms = []
         for context, pos, neg in plans:
-            weights = torch.from_numpy(user_weights([r.rating for r in context])).to(device)
+            weights = torch.from_numpy(rating_weights([r.rating for r in context])).to(device)
             user = torch.nn.functional.normalize(
                 (weights[:, None] * torch.stack([context_emb[r.item] for r in context])).sum(0), dim=0)
             s_pos = target_emb[[where[i] for i in pos]] @ user * hp.scale

@@ -33,7 +33,7 @@ from nlpsuite.pipeline.metrics import embedding_metrics
 from nlpsuite.pipeline.ranking import auc, fit_logistic, ndcg_at_k
 from nlpsuite.services.recommend.scoring import TEXT_FEATURES, Ranker, user_vectors
 from nlpsuite.shared.model import LoadedModel, open_model_dir
-from nlpsuite.shared.model_repo import Manifest, ModelRepository, ModelVersion, write_manifest
+from nlpsuite.shared.model_repo import Manifest, ModelRepository, ModelVersion, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +294,14 @@ class HeldOutGate:
                              if self.data.texts[r.item].strip()})
         self.texts = [self.data.texts[i] for i in self.items]
 
+    def auc(self, outputs: np.ndarray) -> tuple[float, int]:
+        """Mean per-user AUC of text alone with `outputs` as the items' vectors, and the users it averages."""
+        return mean_user_auc(self.data, dict(zip(self.items, outputs)), TEXT_ONLY, self.stats, leave_out=True,
+                             users=self.users)
+
     def metrics(self, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         metrics = embedding_metrics(reference, outputs)
-        metrics["score"], metrics["users"] = mean_user_auc(self.data, dict(zip(self.items, outputs)), TEXT_ONLY,
-                                                           self.stats, leave_out=True, users=self.users)
+        metrics["score"], metrics["users"] = self.auc(outputs)
         return metrics
 
 
@@ -306,7 +310,7 @@ def train_encoder(data: MovieLens, encoder_users: list[str], ranker_users: list[
                   source: dict, max_drop_points: float = 1.0) -> ModelVersion:
     """Fine-tune on `encoder_users`' behaviour, keep the state that ranks `ranker_users`' targets best, publish."""
     from nlpsuite.pipeline.build import default_base_checkpoint
-    from nlpsuite.pipeline.package import Packaging, checkpoint_sha256, package
+    from nlpsuite.pipeline.package import Packaging, package
     from nlpsuite.pipeline.train import check_checkpoint, predict_torch, quiet_libraries, resolve_checkpoint
 
     started = time.monotonic()
@@ -316,8 +320,7 @@ def train_encoder(data: MovieLens, encoder_users: list[str], ranker_users: list[
     gate = HeldOutGate(data, ranker_users, stats)
 
     def held_out(model, tokenizer) -> float:
-        vectors = predict_torch(model, tokenizer, gate.texts, "embed", hp.max_length)
-        return gate.metrics(vectors, vectors)["score"]
+        return gate.auc(predict_torch(model, tokenizer, gate.texts, "embed", hp.max_length))[0]
 
     result = fine_tune_on_behaviour(base, interactions(data, encoder_users), encoder_users, hp, held_out,
                                     report=print)
@@ -325,8 +328,7 @@ def train_encoder(data: MovieLens, encoder_users: list[str], ranker_users: list[
                      max_length=hp.max_length, max_drop_points=max_drop_points)
     calibration = [data.texts[r.item] for u in encoder_users for r in data.users[u] if data.texts[r.item].strip()]
     return package(result.model, result.tokenizer, spec, gate, calibration,
-                   dataset={**source, "encoder_users": len(encoder_users), "held_out_users": len(ranker_users),
-                            "base_sha256": checkpoint_sha256(base)},
+                   dataset={**source, "encoder_users": len(encoder_users), "held_out_users": len(ranker_users)},
                    hyperparameters=hp.as_dict(), layers_kept=hp.keep_layers,
                    extra={"objective": "behaviour", "training": {"steps": result.steps,
                                                                  "seconds": round(result.seconds, 1),
@@ -411,8 +413,7 @@ def evaluate_recommender(model_dir: Path, data_dir: Path, split: str, embedder_d
     if not (model_dir / "manifest.json").is_file():
         model_dir = ModelRepository(model_dir.parent).resolve(model_dir.name).path
     ranker = Ranker.load(model_dir)
-    manifest = Manifest.model_validate_json((model_dir / "manifest.json").read_text())
-    raw = manifest.extra.get("without_text")
+    raw = read_manifest(model_dir).extra.get("without_text")
     without_text = Ranker.model_validate(raw) if isinstance(raw, dict) else None
     stats = ItemStats.from_json(json.loads((model_dir / ITEM_STATS_FILE).read_text()))
     if embedder_dir is None:  # the embedder it was trained with, from the same repository

@@ -25,6 +25,19 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / norm if norm > 1e-12 else v
 
 
+def rating_weights(ratings: Sequence[float | None]) -> np.ndarray:
+    """Each history item's weight in the user's vector: its rating minus the user's mean rating (unrated: +1), all
+    ones when every weight would be 0, scaled to at most 1 in size."""
+    rated = [r for r in ratings if r is not None]
+    center = float(np.mean(rated)) if rated else 0.0
+    weights = np.array([1.0 if r is None else r - center for r in ratings], np.float64)
+    if not np.any(weights):  # every rating equal: treat as plain interest
+        weights = np.ones(len(ratings), np.float64)
+    # Only the direction matters (the vectors are normalized): scale the weights to at most 1 so that
+    # absurd ratings (e.g. +-3e38) cannot overflow to inf/NaN.
+    return (weights / np.abs(weights).max()).astype(np.float32)
+
+
 def user_vectors(history: np.ndarray, ratings: Sequence[float | None], profile: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(interest vector, liked vector), each unit length or zero. `history` is [n, dim] unit embeddings."""
@@ -32,14 +45,7 @@ def user_vectors(history: np.ndarray, ratings: Sequence[float | None], profile: 
     interest = np.zeros(dim, np.float32)
     liked = np.zeros(dim, np.float32)
     if len(history):
-        rated = [r for r in ratings if r is not None]
-        center = float(np.mean(rated)) if rated else 0.0
-        weights = np.array([1.0 if r is None else r - center for r in ratings], np.float64)
-        if not np.any(weights):  # every rating equal: treat as plain interest
-            weights = np.ones(len(ratings), np.float64)
-        # Only the direction matters (the vectors are normalized): scale the weights to at most 1 so that
-        # absurd ratings (e.g. +-3e38) cannot overflow to inf/NaN.
-        weights = (weights / np.abs(weights).max()).astype(np.float32)
+        weights = rating_weights(ratings)
         interest = _unit(weights @ history)
         positive = weights > 0
         if positive.any():
