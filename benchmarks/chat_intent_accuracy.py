@@ -144,7 +144,6 @@ def calibrate_routing(args, labels: list[str]) -> Path:
     settings = ChatSettings(knowledge_base=args.knowledge_base, routing=routing,
                             intent_model=ModelSettings(name=args.intent_model, repository=args.repository),
                             embedder=ModelSettings(name=args.embedder, repository=args.repository))
-    routing.write_text("{}")  # the service reads it at load; calibration then replaces it
     evaluate_chat(settings, path, split="dev", calibrate=True)
     return routing
 

@@ -68,7 +68,7 @@ async def _evaluate(settings, cases_path: Path, split: str, calibrate: bool) -> 
     from nlpsuite.shared.serving import Timing
 
     cases = load_cases(cases_path)
-    service = ChatService(settings)
+    service = ChatService(settings, calibrating=calibrate)
     await service.load()
     try:
         assert service.kb is not None

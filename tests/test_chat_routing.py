@@ -12,7 +12,8 @@ import pytest
 from nlpsuite.services.chat.knowledge_base import Passage
 from nlpsuite.services.chat.retrieval import BM25, Hit, RetrievalIndex, words
 from nlpsuite.services.chat.routing import (
-    Decision, LabelledTurn, Observed, Routing, Scores, calibrate, decide, decide_turn, fit_platt, fit_temperature,
+    ROUTES, Decision, LabelledTurn, Observed, RouteModel, Routing, Scores, calibrate, decide, decide_turn, fit_platt,
+    fit_temperature, route_features, routed,
 )
 from nlpsuite.shared.resources import examples_path
 
@@ -119,7 +120,7 @@ def test_temperature_and_platt_are_fitted_from_data():
     assert a == pytest.approx(8, rel=0.2) and b == pytest.approx(-4, rel=0.2)
 
 
-def test_calibrate_finds_thresholds_that_separate_the_kinds():
+def test_calibrate_learns_a_route_model_that_separates_the_kinds(tmp_path):
     labels = ["a", "b"]
     index = RetrievalIndex([FAQ], np.array([[1.0, 0.0]], np.float32), [0])
     turns = []
@@ -142,6 +143,39 @@ def test_calibrate_finds_thresholds_that_separate_the_kinds():
     assert all(judge(t, decide_turn(Scores(t.message.probs, index.search("", t.message.vector, 0.3)), None, routing))
                for t in turns)
     assert routing.out_of_scope_below > 0.1  # the chit-chat's similarity is below it: called out_of_scope
+    assert routing.route_model is not None
+    routing.save(tmp_path / "routing.json")  # the learned model travels with the file
+    again = Routing.load(tmp_path / "routing.json")
+    assert again.route_model == routing.route_model
+    assert [decide(Scores(t.message.probs, index.search("", t.message.vector, 0.3)), again, labels).route
+            for t in turns[:3]] == ["intent", "retrieval", "handoff"]
+
+
+def _route_model_choosing(route: str, n_features: int) -> RouteModel:
+    """A route model whose bias alone picks `route` (every feature weight zero)."""
+    weights = [[0.0] * len(ROUTES) for _ in range(n_features + 1)]
+    weights[0][ROUTES.index(route)] = 5.0
+    return RouteModel(mean=[0.0] * n_features, scale=[1.0] * n_features, weights=weights)
+
+
+def test_a_learned_route_is_finished_by_the_same_rules():
+    labels = ["card_lost", "knowledge"]
+    scores = Scores(np.array([0.9, 0.1]), [hit(0.8, cosine=0.7)], intent_similarity=0.5)
+    n = len(route_features(scores, 1.0, labels))
+    assert n == 9
+    for route in ROUTES:
+        routing = Routing(route_model=_route_model_choosing(route, n), out_of_scope_below=0.3)
+        assert decide(scores, routing, labels).route == route
+    # the knowledge label's "intent" is retrieval's to answer; retrieval with nothing found hands off
+    deferring = Scores(np.array([0.1, 0.9]), [hit(0.8)])
+    assert routed("intent", deferring, Routing(), labels).route == "retrieval"
+    assert routed("retrieval", Scores(np.array([0.9, 0.1]), []), Routing(), labels).route == "handoff"
+    # a hand-off's reason: out of scope below the floor, ambiguous when answering was likelier but split
+    far = Scores(np.array([0.9, 0.1]), [hit(0.2, cosine=0.1)])
+    assert routed("handoff", far, Routing(out_of_scope_below=0.3), labels).reason == "out_of_scope"
+    near = Routing(out_of_scope_below=0.05)
+    assert routed("handoff", far, near, labels, answering=0.6, handing_off=0.4).reason == "ambiguous"
+    assert routed("handoff", far, near, labels, answering=0.3, handing_off=0.7).reason == "low_confidence"
 
 
 @pytest.mark.slow
@@ -155,16 +189,19 @@ def test_evaluate_chat_calibrates_saves_and_reports(built_intent, built_embedder
         manifest["name"] = target.parent.name
         (target / "manifest.json").write_text(json.dumps(manifest))
     cases = examples_path("chat_cases.csv")
+    routing_file = tmp_path / "routings" / "chat.json"  # not there yet: calibrating writes it
     proc = subprocess.run([sys.executable, "-m", "nlpsuite.cli", "evaluate", "--task", "chat", "--repository",
-                           str(repo), "--data", str(cases), "--calibrate"], capture_output=True, text=True, timeout=600)
+                           str(repo), "--data", str(cases), "--routing", str(routing_file), "--calibrate"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no calibrated routing" not in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["split"] == "test" and result["n"] == sum(1 for line in cases.read_text().splitlines()
                                                               if ",test," in line)
     assert set(result["per_kind"]) == {"intent", "faq", "document", "handoff"}
-    saved = Routing.load(repo / "chat-routing.json")
+    saved = Routing.load(routing_file)
     assert saved.calibration["split"] == "dev" and saved.calibration["models"] == {"intent": "1", "embedder": "1"}
-    assert result["routing"]["temperature"] == saved.temperature
+    assert result["routing"]["temperature"] == saved.temperature and saved.route_model is not None
     assert "overall" in proc.stdout and "document" in proc.stdout
     # a case naming an FAQ id the knowledge base lacks is a clear error
     bad = tmp_path / "bad.csv"

@@ -39,8 +39,9 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
     service_name = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
     short_name = "chat"
 
-    def __init__(self, settings: ChatSettings) -> None:
+    def __init__(self, settings: ChatSettings, calibrating: bool = False) -> None:
         super().__init__(settings)
+        self.calibrating = calibrating  # the routing file is about to be written: it need not exist yet
         self.settings: ChatSettings = settings
         s = settings
         self.intents = self.served_model(s.intent_model, task="classify")
@@ -80,6 +81,8 @@ class ChatService(Service, chat_pb2_grpc.ChatServiceServicer):
     def _load_routing(self) -> Routing:
         path = self.routing_path()
         if not path.is_file():
+            if self.calibrating:
+                return Routing()
             if self.settings.routing is not None:
                 raise ValueError(f"routing file {path} does not exist")
             log.warning("no calibrated routing: using uncalibrated defaults; calibrate with `nlpsuite evaluate "
