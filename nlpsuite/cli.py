@@ -33,7 +33,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=hp.patience)
     p.add_argument("--max-length", type=int, default=hp.max_length)
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (quick runs)")
-    p.add_argument("--keep-layers", type=int, help="keep only the first K encoder layers (faster, less accurate)")
+    p.add_argument("--keep-layers", type=int, help="keep only K encoder layers (faster, less accurate)")
+    p.add_argument("--layer-choice", choices=("first", "spread"), default=hp.layer_choice,
+                   help="with --keep-layers: the first K layers, or K spread evenly up to the top one (6 -> 3: 1, 3, 5)")
     p.add_argument("--seed", type=int, default=hp.seed)
     p.add_argument("--dev-fraction", type=float, default=0.1)
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")
@@ -88,7 +90,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.learning_rate or Hyperparameters.learning_rate,
             patience=args.patience, max_length=args.max_length, seed=args.seed,
-            keep_layers=args.keep_layers, max_steps=args.max_steps,
+            keep_layers=args.keep_layers, layer_choice=args.layer_choice, max_steps=args.max_steps,
             distill_temperature=args.distill_temperature, distill_weight=args.distill_weight,
         ),
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,

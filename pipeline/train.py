@@ -33,7 +33,8 @@ class Hyperparameters:
     patience: int = 2  # epochs without dev improvement before stopping
     max_length: int = 128
     seed: int = 13
-    keep_layers: int | None = None  # structural pruning: keep only the first K encoder layers
+    keep_layers: int | None = None  # structural pruning: keep only K encoder layers ...
+    layer_choice: str = "first"  # ... which ones: "first" K, or "spread" evenly up to the top one (kept_layers)
     max_steps: int | None = None  # cap on optimizer steps (tests and quick runs)
     temperature: float = 0.05  # contrastive loss temperature for `embed`
     distill_temperature: float = 2.0  # with a teacher: softening of both models' logits (pipeline/distill.py)
@@ -130,22 +131,37 @@ def _encoder_layers(model):
     raise CheckpointError("cannot find the encoder layers to prune in this architecture")
 
 
-def prune_layers(model, keep: int) -> None:
+LAYER_CHOICES = ("first", "spread")
+
+
+def kept_layers(total: int, keep: int, choice: str = "first") -> list[int]:
+    """Which of `total` encoder layers a K-layer student keeps: the first K (the bottom of the network, as
+    DistilBERT-style truncation does), or K spread evenly and ending at the top layer (6 -> 3: 1, 3, 5), so the
+    student starts from the teacher's last representation rather than a middle one."""
+    if not 1 <= keep <= total:
+        raise CheckpointError(f"--keep-layers {keep}: the model has {total} layers")
+    if choice == "first":
+        return list(range(keep))
+    if choice == "spread":
+        return [round((i + 1) * total / keep) - 1 for i in range(keep)]
+    raise CheckpointError(f"--layer-choice {choice!r}: expected one of {', '.join(LAYER_CHOICES)}")
+
+
+def prune_layers(model, keep: int, choice: str = "first") -> None:
     import torch
 
     base, name = _encoder_layers(model)
     parent = base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base
     attr = name.split(".")[-1]
     layers = getattr(parent, attr)
-    if not 1 <= keep <= len(layers):
-        raise CheckpointError(f"--keep-layers {keep}: the model has {len(layers)} layers")
-    setattr(parent, attr, torch.nn.ModuleList(list(layers)[:keep]))
+    indices = kept_layers(len(layers), keep, choice)
+    setattr(parent, attr, torch.nn.ModuleList([layers[i] for i in indices]))
     for key in ("num_hidden_layers", "n_layers"):
         if hasattr(model.config, key):
             setattr(model.config, key, keep)
 
 
-def load_for_task(base: Path, task: str, labels: list[str], keep_layers: int | None):
+def load_for_task(base: Path, task: str, labels: list[str], keep_layers: int | None, layer_choice: str = "first"):
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     check_checkpoint(base)
@@ -161,7 +177,7 @@ def load_for_task(base: Path, task: str, labels: list[str], keep_layers: int | N
     else:
         model = AutoModel.from_pretrained(str(base), attn_implementation="eager", local_files_only=True)
     if keep_layers:
-        prune_layers(model, keep_layers)
+        prune_layers(model, keep_layers, layer_choice)
     return model, tokenizer
 
 
@@ -281,7 +297,7 @@ def fine_tune(
     from nlpsuite.pipeline.distill import distillation_loss, embedding_distillation_loss
 
     seed_everything(hp.seed)
-    model, tokenizer = load_for_task(base, task, labels, hp.keep_layers)
+    model, tokenizer = load_for_task(base, task, labels, hp.keep_layers, hp.layer_choice)
     device = training_device()
     model.to(device)
     log.info("fine-tuning on %s", device)

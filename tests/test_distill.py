@@ -226,6 +226,39 @@ def test_a_student_with_more_layers_than_its_base_is_refused(sentiment_csv, tiny
         build(quick_config(data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path, hyperparameters=hp))
 
 
+def test_kept_layers_first_or_spread_to_the_top():
+    from nlpsuite.pipeline.train import CheckpointError, kept_layers
+
+    assert kept_layers(6, 3) == [0, 1, 2]
+    assert kept_layers(6, 3, "spread") == [1, 3, 5]
+    assert kept_layers(12, 4, "spread") == [2, 5, 8, 11]
+    assert kept_layers(6, 6, "spread") == list(range(6)) and kept_layers(6, 1, "spread") == [5]
+    with pytest.raises(CheckpointError, match="--layer-choice 'middle'"):
+        kept_layers(6, 3, "middle")
+    with pytest.raises(CheckpointError, match="--keep-layers 7: the model has 6 layers"):
+        kept_layers(6, 7, "spread")
+
+
+def test_a_spread_student_keeps_the_top_layer_s_weights(tiny_checkpoint):
+    import torch
+
+    from nlpsuite.pipeline.train import _encoder_layers, load_for_task
+
+    full, _ = load_for_task(tiny_checkpoint, "classify", ["a", "b"], None)
+    top, _ = load_for_task(tiny_checkpoint, "classify", ["a", "b"], 1, "spread")
+    bottom, _ = load_for_task(tiny_checkpoint, "classify", ["a", "b"], 1, "first")
+
+    def layers(model):
+        base, name = _encoder_layers(model)
+        return base.get_submodule(name)
+
+    assert len(layers(top)) == len(layers(bottom)) == 1 and top.config.num_hidden_layers == 1
+    first_param = lambda layer: next(layer.parameters())  # noqa: E731
+    assert torch.equal(first_param(layers(top)[0]), first_param(layers(full)[-1]))
+    assert torch.equal(first_param(layers(bottom)[0]), first_param(layers(full)[0]))
+    assert not torch.equal(first_param(layers(full)[0]), first_param(layers(full)[-1]))
+
+
 def test_the_cli_says_what_is_wrong_with_a_teacher(tiny_checkpoint, sentiment_csv, tmp_path, capsys):
     from nlpsuite.cli import main
 
