@@ -8,10 +8,12 @@ model's own predictions come from the same ONNX variant run in-process. `reply_a
 field; `answered_by_gold_intent` counts replies that gave the gold intent's own answer (not a retrieved passage,
 not a hand-off), the stricter figure.
 
-`--calibrate-on TRAIN.csv` first fits chat's routing for this deployment, as a user would with
-`nlpsuite evaluate --task chat --calibrate`: on `--per-label` messages per label of TRAIN (never the evaluated
-data) as intent cases, beside the example cases file's dev FAQ, document and out-of-scope messages (the example
-FAQ and documents stay in the knowledge base). Last line: JSON.
+`--calibrate-on HELDOUT.csv` first fits chat's routing for this deployment, as a user would with
+`nlpsuite evaluate --task chat --calibrate`: on `--per-label` messages per label of HELDOUT (never the evaluated
+data, and not texts the intent model trained on: the routing would then under-trust it) as intent cases, beside
+the example cases file's dev FAQ, document and out-of-scope messages (the example FAQ and documents stay in the
+knowledge base). For Banking77: hold 5 texts per intent out of train.csv, build the intent model on the rest, and
+calibrate on the held-out ones. Last line: JSON.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def main() -> int:
     p.add_argument("--knowledge-base", type=Path)
     p.add_argument("--answer-every-label", action="store_true", help="serve a knowledge base that gives every label "
                    "of the intent model an answer, beside the example FAQ and documents (written to a temp dir)")
-    p.add_argument("--calibrate-on", type=Path, help="labelled training CSV to calibrate the routing on first")
+    p.add_argument("--calibrate-on", type=Path, help="labelled CSV, held out of the intent model's training, to "
+                   "calibrate the routing on first")
     p.add_argument("--per-label", type=int, default=5)
     args = p.parse_args()
 

@@ -35,7 +35,8 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (quick runs)")
     p.add_argument("--keep-layers", type=int, help="keep only K encoder layers (faster, less accurate)")
     p.add_argument("--layer-choice", choices=("first", "spread"), default=hp.layer_choice,
-                   help="with --keep-layers: the first K layers, or K spread evenly up to the top one (6 -> 3: 1, 3, 5)")
+                   help="with --keep-layers: the first K layers, or K spread evenly up to the top one "
+                        "(6 -> 3: 1, 3, 5)")
     p.add_argument("--seed", type=int, default=hp.seed)
     p.add_argument("--dev-fraction", type=float, default=0.1)
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")

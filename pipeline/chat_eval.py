@@ -61,6 +61,23 @@ def _check_targets(cases: list[ChatCase], labels: list[str], passage_ids: set[st
                             f"{'intent model' if case.kind == 'intent' else 'knowledge base'} does not have")
 
 
+def _warn_if_trained_on(dev: list[ChatCase], service) -> None:
+    """The route is learned from how sure the models are, and on their own training texts they are surer (and
+    nearer an intent example) than on customers' messages: a routing fitted on such cases sends too little to
+    the intents. Banking77 through chat, 5 training texts per intent as the intent cases: 58% of its dev messages
+    got their intent's answer; 5 per intent held out of the intent model's training instead: 83%."""
+    from nlpsuite.shared.model_repo import read_label_examples
+
+    norm = lambda text: " ".join(text.lower().split())  # noqa: E731
+    assert service.intents.model is not None
+    trained = {norm(t) for ts in read_label_examples(service.intents.model.version).values() for t in ts}
+    seen = [c.id for c in dev if c.kind == "intent" and norm(c.message) in trained]
+    if seen:
+        log.warning("calibrating on the intent model's own training texts: it is surer of them than of customers' "
+                    "messages, so the routing will under-trust it; calibrate on messages it was not trained on",
+                    extra={"cases": len(seen), "of": len(dev), "first": ", ".join(seen[:5])})
+
+
 async def _evaluate(settings, cases_path: Path, split: str, calibrate: bool) -> dict:
     from nlpsuite.services.chat.answers import is_right, judge_with, unclear_with
     from nlpsuite.services.chat.routing import LabelledTurn, calibrate as fit_routing
@@ -78,6 +95,7 @@ async def _evaluate(settings, cases_path: Path, split: str, calibrate: bool) -> 
             dev = [c for c in cases if c.split == "dev"]
             if not dev:
                 raise DataError(f"{cases_path}: no dev cases to calibrate on")
+            _warn_if_trained_on(dev, service)
             turns = []
             for case in dev:
                 observed, _, _ = await service.observe_turn(case.message, case.previous or None, Timing(0.0), None)

@@ -163,6 +163,8 @@ def test_a_learned_route_is_finished_by_the_same_rules():
     scores = Scores(np.array([0.9, 0.1]), [hit(0.8, cosine=0.7)], intent_similarity=0.5)
     n = len(route_features(scores, 1.0, labels))
     assert n == 9
+    with pytest.raises(ValueError, match="expected 9 features"):
+        RouteModel(mean=[0.0] * 8, scale=[1.0] * 8, weights=[[0.0] * 3] * 9)
     for route in ROUTES:
         routing = Routing(route_model=_route_model_choosing(route, n), out_of_scope_below=0.3)
         assert decide(scores, routing, labels).route == route
@@ -210,3 +212,20 @@ def test_evaluate_chat_calibrates_saves_and_reports(built_intent, built_embedder
                            str(repo), "--data", str(bad)], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "case x1 expects faq 'faq-999', which the knowledge base does not have" in (
         proc.stderr + proc.stdout)
+
+
+def test_calibrating_on_the_intent_model_s_training_texts_is_warned_about(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from nlpsuite.pipeline.chat_eval import ChatCase, _warn_if_trained_on
+    from nlpsuite.shared.model_repo import write_label_examples
+
+    write_label_examples(tmp_path, ["My card is lost", "hello there"], ["card_lost", "greeting"])
+    service = SimpleNamespace(intents=SimpleNamespace(model=SimpleNamespace(version=SimpleNamespace(path=tmp_path))))
+    fresh = ChatCase(id="d1", split="dev", kind="intent", expected="card_lost", message="I can't find my card")
+    with caplog.at_level("WARNING", logger="nlpsuite.pipeline.chat_eval"):
+        _warn_if_trained_on([fresh], service)
+        assert not caplog.records
+        _warn_if_trained_on([fresh, fresh.model_copy(update={"id": "d2", "message": "my  card is LOST"})], service)
+    assert len(caplog.records) == 1 and "own training texts" in caplog.records[0].getMessage()
+    assert caplog.records[0].cases == 1 and caplog.records[0].first == "d2"

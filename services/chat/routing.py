@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from nlpsuite.services.chat.retrieval import Hit
 
@@ -37,7 +37,9 @@ Kind = Literal["intent", "faq", "document", "handoff"]
 
 
 ROUTES: tuple[Route, ...] = ("intent", "retrieval", "handoff")
-ROUTE_L2 = 0.3  # the route model's ridge: 4-fold CV on the example dev half, 0.01-1 all within 0.6 points
+ROUTE_L2 = 0.3  # the route model's ridge: the best of 0.01-1 in 4-fold CV on the example dev half (all within 1
+# point)
+ROUTE_FEATURES = 9  # len(route_features(...))
 
 
 class RouteModel(BaseModel):
@@ -46,6 +48,14 @@ class RouteModel(BaseModel):
     mean: list[float]
     scale: list[float]
     weights: list[list[float]]  # (1 + features) rows x len(ROUTES) columns; row 0 is the bias
+
+    @model_validator(mode="after")
+    def _shapes(self) -> RouteModel:
+        if not (len(self.mean) == len(self.scale) == ROUTE_FEATURES == len(self.weights) - 1
+                and all(len(row) == len(ROUTES) for row in self.weights)):
+            raise ValueError(f"route_model: expected {ROUTE_FEATURES} features (mean, scale) and "
+                             f"{ROUTE_FEATURES + 1} x {len(ROUTES)} weights: recalibrate with this version")
+        return self
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         x = np.concatenate([[1.0], (features - np.array(self.mean)) / np.array(self.scale)])
