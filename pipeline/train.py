@@ -135,9 +135,9 @@ LAYER_CHOICES = ("first", "spread")
 
 
 def kept_layers(total: int, keep: int, choice: str = "first") -> list[int]:
-    """Which of `total` encoder layers a K-layer student keeps: the first K (the bottom of the network, as
-    DistilBERT-style truncation does), or K spread evenly and ending at the top layer (6 -> 3: 1, 3, 5), so the
-    student starts from the teacher's last representation rather than a middle one."""
+    """Which of `total` encoder layers a K-layer student keeps: the first K (the bottom of the network), or K
+    spread evenly and ending at the top layer (6 -> 3: 1, 3, 5; DistilBERT was initialised from every other layer of
+    BERT), so the student starts from the last representation rather than a middle one."""
     if not 1 <= keep <= total:
         raise CheckpointError(f"--keep-layers {keep}: the model has {total} layers")
     if choice == "first":

@@ -9,7 +9,7 @@ calibrated scales; neither confident, or too close to call, hands the conversati
   which the two models' probabilities are not.
 - Calibrated on labelled messages (`calibrate`), the choice is a learned one: a multinomial logistic regression
   (`RouteModel`) from those scores to the route (intent, retrieval or hand-off) whose reply is right. On the example
-  bank's dev half, 4-fold cross-validated, it chose right 0.907 of the time where the best thresholds on the same
+  bank's dev half, 4-fold cross-validated, it chose right 0.905 of the time where the best thresholds on the same
   scores (least confidence, margin, ambiguity, similarity weight, grid-searched) chose right 0.861.
 - Uncalibrated (a knowledge base nobody has labelled yet), thresholds with neutral defaults decide instead.
 - A hand-off whose best passage similarity is below a fitted floor is "out_of_scope"; one where answering is likelier
