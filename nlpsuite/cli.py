@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
-    from nlpsuite.pipeline.train import Hyperparameters
+    from nlpsuite.pipeline.train import LAYER_CHOICES, Hyperparameters
 
     hp = Hyperparameters()
     p.add_argument("--task", choices=["classify", "embed", "recommend"], required=True)
@@ -34,7 +34,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=hp.max_length)
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (quick runs)")
     p.add_argument("--keep-layers", type=int, help="keep only K encoder layers (faster, less accurate)")
-    p.add_argument("--layer-choice", choices=("first", "spread"), default=hp.layer_choice,
+    p.add_argument("--layer-choice", choices=LAYER_CHOICES, default=hp.layer_choice,
                    help="with --keep-layers: the first K layers, or K spread evenly up to the top one "
                         "(6 -> 3: 1, 3, 5)")
     p.add_argument("--seed", type=int, default=hp.seed)

@@ -138,6 +138,11 @@ def route_features(scores: Scores, temperature: float, labels: Sequence[str] = (
                      float(knowledge == best), cosine, score, lead, nearest, cosine - nearest])
 
 
+def _unlike_anything(hit: Hit | None, routing: Routing) -> bool:
+    """A hand-off is out_of_scope when its best passage (if any) is less similar than the fitted floor."""
+    return (hit.cosine if hit is not None else -1.0) < routing.out_of_scope_below
+
+
 def routed(route: Route, scores: Scores, routing: Routing, labels: Sequence[str] = (),
            answering: float = 0.0, handing_off: float = 1.0) -> Decision:
     """The decision for a chosen route: the knowledge label's intent is retrieval's to answer, retrieval with
@@ -152,8 +157,7 @@ def routed(route: Route, scores: Scores, routing: Routing, labels: Sequence[str]
         route = "handoff"
     reason = ""
     if route == "handoff":
-        similarity = hit.cosine if hit is not None else -1.0
-        reason = ("out_of_scope" if similarity < routing.out_of_scope_below
+        reason = ("out_of_scope" if _unlike_anything(hit, routing)
                   else "ambiguous" if answering > handing_off else "low_confidence")
     return Decision(route, reason, best, p, hit, q)
 
@@ -175,8 +179,7 @@ def decide(scores: Scores, routing: Routing, labels: Sequence[str] = ()) -> Deci
         return Decision("handoff", reason, best, p, hit, q)
 
     if deferring or max(p, q) < routing.min_confidence:
-        similarity = hit.cosine if hit is not None else -1.0
-        return handoff("out_of_scope" if similarity < routing.out_of_scope_below else "low_confidence")
+        return handoff("out_of_scope" if _unlike_anything(hit, routing) else "low_confidence")
     advantage = q - p
     if hit is not None and scores.intent_similarity is not None:
         advantage += routing.knn_weight * (hit.cosine - scores.intent_similarity)
