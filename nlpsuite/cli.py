@@ -112,6 +112,10 @@ def _print_built(version) -> None:
               f"drop {info.metrics.get('drop_points', 0):+.2f} pts{'  (FORCED past the gate)' if info.forced else ''}")
     for refused in m.extra.get("refused_variants", []):
         print(f"  refused by the accuracy gate: {refused}")
+    if m.extra.get("pareto"):
+        from nlpsuite.pipeline.pareto import ParetoTable, print_table
+
+        print_table(ParetoTable.model_validate(m.extra["pareto"]), as_json=False)
 
 
 def _cmd_build_defaults(args: argparse.Namespace) -> int:
@@ -154,9 +158,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit("nlpsuite evaluate: --data is required for classifiers")
     if args.compare:
         from nlpsuite.pipeline.pareto import compare, print_table
-        from nlpsuite.shared.host import isa
 
-        print_table(compare([args.model, *args.compare], args.data, args.text_col, args.label_col), isa())
+        print_table(compare([args.model, *args.compare], args.data, args.text_col, args.label_col))
         return 0
     from nlpsuite.pipeline.evaluate import evaluate_classifier, print_report
 

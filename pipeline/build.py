@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from nlpsuite.pipeline.distill import (
 )
 from nlpsuite.pipeline.metrics import classification_metrics, embedding_metrics
 from nlpsuite.pipeline.package import VARIANT_ORDER, BuildError, Packaging, check_variants, package
+from nlpsuite.pipeline.pareto import build_table, published_teacher
 from nlpsuite.pipeline.train import (
     Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch, quiet_libraries,
 )
@@ -98,6 +100,11 @@ class DevGate:
         return gate_scores(self.task, outputs, reference, self.dev, self.labels, self.train_emb, self.train_labels)
 
 
+def pareto_of_build(name: str, layers: int | None, teachers: list[ModelVersion], dev: Dataset,
+                    staged: dict[str, tuple[Path, dict]]) -> dict:
+    return build_table(name, layers, staged, teachers, dev).model_dump()
+
+
 def build(config: BuildConfig) -> ModelVersion:
     started = time.monotonic()
     quiet_libraries()
@@ -142,7 +149,13 @@ def build(config: BuildConfig) -> ModelVersion:
     extra = {"teachers": [str(t) for t in teachers], "ensemble": ensemble_report,
              "training": {"epochs_run": result.epochs_run, "steps": result.steps,
                           "seconds": round(result.seconds, 1), "history": result.history}}
+    compare = None
+    if config.task == "classify":
+        # The Pareto table: this build's variants beside the teachers that are published models (ONNX to time).
+        published = [v for v in (published_teacher(t) for t in teachers) if v is not None]
+        compare = partial(pareto_of_build, config.name, hp.keep_layers or base_config.get("num_hidden_layers"),
+                          published, dev)
     # int8 activation ranges come from training texts only; the gate judges on dev.
     return package(model, tokenizer, spec, DevGate(config.task, dev, labels, train_emb, list(train_sample[1])),
                    train.texts, dataset=dataset, hyperparameters=hp.as_dict(), layers_kept=hp.keep_layers,
-                   extra=extra, started=started)
+                   extra=extra, started=started, compare=compare)

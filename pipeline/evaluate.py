@@ -7,22 +7,30 @@ from pathlib import Path
 
 import numpy as np
 
-from nlpsuite.pipeline.data import DataError, load_dataset
+from nlpsuite.pipeline.data import DataError, Dataset, load_dataset
 from nlpsuite.pipeline.metrics import classification_metrics
-from nlpsuite.shared.model import open_model_dir
+from nlpsuite.shared.model import open_model
+from nlpsuite.shared.model_repo import ModelVersion, version_at
 
 
 def evaluate_classifier(model_dir: Path, data: Path, variant: str | None, text_col: str, label_col: str,
                         provider: str = "auto", batch_size: int = 32) -> tuple[dict, list[tuple[str, int, float]]]:
     dataset = load_dataset(data, text_col, label_col)
-    model = open_model_dir(model_dir, provider=provider, variant=variant)
+    return score_classifier(version_at(model_dir), dataset, variant, provider, batch_size)
+
+
+def score_classifier(version: ModelVersion, dataset: Dataset, variant: str | None, provider: str = "auto",
+                     batch_size: int = 32) -> tuple[dict, list[tuple[str, int, float]]]:
+    """Accuracy, macro-F1 and per-label recall of one variant of a published classifier on a labelled dataset."""
+    if version.manifest.task != "classify":
+        raise DataError(f"{version.path} is a {version.manifest.task!r} model; evaluate --data scores classifiers")
+    model = open_model(version, provider=provider, variant=variant)
     manifest = model.manifest
-    if manifest.task != "classify":
-        raise DataError(f"{model_dir} is a {manifest.task!r} model; evaluate --data scores classifiers")
     labels = manifest.labels
     unknown = sorted(set(dataset.labels) - set(labels))
     if unknown:
-        raise DataError(f"{data}: labels the model does not know: {', '.join(unknown[:10])} (model has {len(labels)})")
+        raise DataError(f"{dataset.source}: labels the model does not know: {', '.join(unknown[:10])} "
+                        f"(model has {len(labels)})")
     order = sorted(range(len(dataset)), key=lambda i: len(dataset.texts[i]))
     logits = np.zeros((len(dataset), len(labels)), np.float32)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -124,8 +124,10 @@ def _drop_name(metric: str) -> str:
 
 
 def package(model, tokenizer, spec: Packaging, gate: Gate, calibration_texts: list[str], *, dataset: dict,
-            hyperparameters: dict, layers_kept: int | None, extra: dict, started: float) -> ModelVersion:
-    """Export, quantize, gate and publish; `extra` goes into the manifest beside the gate's refusals and timings."""
+            hyperparameters: dict, layers_kept: int | None, extra: dict, started: float,
+            compare: Callable[[dict[str, tuple[Path, dict]]], dict] | None = None) -> ModelVersion:
+    """Export, quantize, gate and publish; `extra` goes into the manifest beside the gate's refusals and timings.
+    `compare`, given the published variants' files and gate metrics, returns the table kept as `extra["pareto"]`."""
     check_variants(spec.variants)
     repo = ModelRepository(spec.repository)
     mkdirs_readable(spec.repository)
@@ -183,6 +185,8 @@ def package(model, tokenizer, spec: Packaging, gate: Gate, calibration_texts: li
             raise BuildError("accuracy gate refused the fp32 reference; nothing published: " + "; ".join(refused))
         if refused:
             log.warning("accuracy gate refused: %s", "; ".join(refused))
+        if compare is not None:
+            extra = {**extra, "pareto": compare({v: (staging / info.file, info.metrics) for v, info in variants.items()})}
         golden = golden_set(spec.task, encoder, gate.texts, {v: outputs_of[v] for v in variants})
         (staging / GOLDEN).write_text(golden.model_dump_json())
 

@@ -1,9 +1,10 @@
-"""`nlpsuite evaluate --compare A B ...`: accuracy against speed and size for several models and their CPU variants.
+"""Accuracy against speed and size for several classifiers and their CPU variants: `nlpsuite evaluate --compare A B
+...`, and the table every classifier build writes into its manifest and prints (itself beside its published teachers).
 
-For each published classifier and each of its CPU variants (fp32, int8): dev accuracy and macro-F1 on one labelled
-file, graph throughput at batch x tokens and single-text latency (synthetic ids, 1 ORT thread, every session timed
-in the same interleaved rounds so a noisy host hits them alike), and file size. A row is on the Pareto front when no
-other row is at least as accurate and at least as fast with one of the two strictly better.
+For each model and each of its CPU variants (fp32, int8): dev accuracy and macro-F1 on one labelled set, graph
+throughput at batch x tokens and single-text latency (synthetic ids, 1 ORT thread, every session timed in the same
+interleaved rounds so a noisy host hits them alike), and file size. A row is on the Pareto front when no other row is
+at least as accurate and at least as fast with one of the two strictly better.
 """
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from nlpsuite.pipeline.evaluate import evaluate_classifier
+from nlpsuite.pipeline.data import Dataset, load_dataset
+from nlpsuite.pipeline.evaluate import score_classifier
+from nlpsuite.shared.host import isa
 from nlpsuite.shared.model_repo import ModelVersion, version_at
 from nlpsuite.shared.runtime import create_session, synthetic_feeds
 
 CPU_VARIANTS = ("fp32", "int8")
+BUILD_ROUNDS = 5  # at the end of a build: a few seconds, enough for ratios; `evaluate --compare` takes 10
 
 
 class ParetoRow(BaseModel):
@@ -40,6 +44,7 @@ class ParetoTable(BaseModel):
     tokens: int
     single_tokens: int
     rounds: int
+    isa: str  # the host's, which decides int8 speed
     rows: list[ParetoRow]
 
 
@@ -83,32 +88,78 @@ def mark_front(rows: list[ParetoRow]) -> None:
 
 def compare(models: list[Path], data: Path, text_col: str, label_col: str, batch: int = 16, tokens: int = 64,
             single_tokens: int = 32, rounds: int = 10) -> ParetoTable:
+    dataset = load_dataset(data, text_col, label_col)
     rows, files = [], []
     for path in models:
-        version = version_at(path)
-        for variant in CPU_VARIANTS:
-            if variant not in version.manifest.variants:
-                continue
-            summary, _ = evaluate_classifier(version.path, data, variant, text_col, label_col, provider="cpu")
-            file = version.variant_path(variant)
+        more_rows, more_files = published_rows(version_at(path), dataset)
+        rows += more_rows
+        files += more_files
+    return tabulate(rows, files, str(data), batch, tokens, single_tokens, rounds)
+
+
+def build_table(name: str, layers: int | None, staged: dict[str, tuple[Path, dict]], teachers: list[ModelVersion],
+                dev: Dataset) -> ParetoTable:
+    """A build's own CPU variants (`staged`: variant -> (file, the gate's metrics on `dev`)) beside its published
+    teachers' variants scored on the same dev set."""
+    rows, files = [], []
+    for teacher in teachers:
+        more_rows, more_files = published_rows(teacher, dev)
+        rows += more_rows
+        files += more_files
+    for variant in CPU_VARIANTS:
+        if variant in staged:
+            file, metrics = staged[variant]
+            rows.append(dict(model=f"{name} (this build)", path="", variant=variant, layers=layers,
+                             accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], size_mb=_mb(file)))
             files.append(file)
-            rows.append(dict(model=f"{version.manifest.name} v{version.manifest.version}", path=str(version.path),
-                             variant=variant, layers=_layers(version), accuracy=summary["accuracy"],
-                             macro_f1=summary["macro_f1"], size_mb=round(file.stat().st_size / 2**20, 1)))
+    return tabulate(rows, files, dev.source, rounds=BUILD_ROUNDS)
+
+
+def published_rows(version: ModelVersion, dataset: Dataset) -> tuple[list[dict], list[Path]]:
+    """Rows without speed for a published classifier's CPU variants scored on `dataset`, and their files."""
+    rows, files = [], []
+    for variant in CPU_VARIANTS:
+        if variant not in version.manifest.variants:
+            continue
+        summary, _ = score_classifier(version, dataset, variant, provider="cpu")
+        file = version.variant_path(variant)
+        files.append(file)
+        rows.append(dict(model=f"{version.manifest.name} v{version.manifest.version}", path=str(version.path),
+                         variant=variant, layers=_layers(version), accuracy=summary["accuracy"],
+                         macro_f1=summary["macro_f1"], size_mb=_mb(file)))
+    return rows, files
+
+
+def tabulate(rows: list[dict], files: list[Path], data: str, batch: int = 16, tokens: int = 64,
+             single_tokens: int = 32, rounds: int = 10) -> ParetoTable:
+    """Time every file in one interleaved run and mark the front."""
     speeds = timings(files, batch, tokens, single_tokens, rounds)
     table = [ParetoRow(**row, texts_per_s=round(rate, 1), single_text_ms=round(ms, 2))
              for row, (rate, ms) in zip(rows, speeds)]
     mark_front(table)
-    return ParetoTable(data=str(data), batch=batch, tokens=tokens, single_tokens=single_tokens, rounds=rounds,
+    return ParetoTable(data=data, batch=batch, tokens=tokens, single_tokens=single_tokens, rounds=rounds, isa=isa(),
                        rows=table)
 
 
-def print_table(table: ParetoTable, isa: str) -> None:
+def _mb(file: Path) -> float:
+    return round(file.stat().st_size / 2**20, 1)
+
+
+def published_teacher(checkpoint: Path) -> ModelVersion | None:
+    """The published model version a teacher checkpoint belongs to (`<version>/checkpoint`), or None for a plain
+    Hugging Face directory (no ONNX variants to time)."""
+    if (checkpoint.parent / "manifest.json").is_file():
+        return version_at(checkpoint.parent)
+    return None
+
+
+def print_table(table: ParetoTable, as_json: bool = True) -> None:
     print(f"dev: {table.data}; speed: graph only, 1 ORT thread, batch {table.batch} x {table.tokens} tokens and one "
-          f"{table.single_tokens}-token text, {table.rounds} interleaved rounds, {isa}")
+          f"{table.single_tokens}-token text, {table.rounds} interleaved rounds, {table.isa}")
     print(f"{'model':<24} {'variant':<7} {'layers':>6} {'accuracy':>8} {'macro-F1':>8} {'texts/s':>8} "
           f"{'1 text ms':>9} {'MB':>6}  front")
     for r in table.rows:
         print(f"{r.model[:24]:<24} {r.variant:<7} {r.layers or '?':>6} {r.accuracy:8.4f} {r.macro_f1:8.4f} "
               f"{r.texts_per_s:8.1f} {r.single_text_ms:9.2f} {r.size_mb:6.1f}  {'*' if r.pareto else ''}")
-    print(table.model_dump_json())
+    if as_json:
+        print(table.model_dump_json())

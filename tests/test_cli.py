@@ -74,7 +74,12 @@ def test_jsonl_data_with_custom_columns_builds(tmp_path, tiny_checkpoint, capsys
     args = _build_args(data, tmp_path / "repo", tiny_checkpoint, "--text-col", "body", "--label-col", "tag",
                        "--variants", "fp32,int8")
     assert main(args) == 0
-    assert "published m version 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "published m version 1" in out
+    # The build ends with its accuracy / speed table (fp32 and int8 rows, the host's ISA in the header).
+    table = out[out.index("front\n"):].splitlines()[1:]
+    assert [line.split()[:2] for line in table] == [["m", "(this"], ["m", "(this"]]
+    assert [line.split()[3] for line in table] == ["fp32", "int8"]
     assert ModelRepository(tmp_path / "repo").resolve("m").manifest.labels == ["neg", "pos"]
 
 

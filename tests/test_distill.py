@@ -89,6 +89,31 @@ def test_a_distilled_student_is_closer_to_its_teacher_than_a_plainly_trained_one
     manifest = distilled.manifest
     assert manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
     assert manifest.hyperparameters["distill_weight"] == 1.0 and plain.manifest.extra["teachers"] == []
+    _check_build_table(manifest, teacher, sentiment_csv)
+    assert [r["model"] for r in plain.manifest.extra["pareto"]["rows"]] == ["plain (this build)"] * 2
+
+
+def _check_build_table(manifest, teacher, data) -> None:
+    """The build's Pareto table: the published teacher's variants and the build's own, scored on the build's dev
+    split (the teacher by running it there, the build's own rows are its gate metrics) and timed together."""
+    from nlpsuite.pipeline.data import load_dataset, stratified_split
+    from nlpsuite.pipeline.evaluate import score_classifier
+
+    table = manifest.extra["pareto"]
+    rows = table["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        ("teacher v1", "fp32"), ("teacher v1", "int8"), ("distilled (this build)", "fp32"),
+        ("distilled (this build)", "int8")]
+    for own in rows[2:]:
+        gate = manifest.variants[own["variant"]].metrics
+        assert (own["accuracy"], own["macro_f1"]) == (gate["accuracy"], gate["macro_f1"])
+        assert own["layers"] == 2 and own["texts_per_s"] > 0 and own["single_text_ms"] > 0
+    _, dev = stratified_split(load_dataset(data, "text", "label"), 0.1, manifest.hyperparameters["seed"])
+    assert table["data"] == dev.source
+    for row in rows[:2]:
+        summary, _ = score_classifier(teacher, dev, row["variant"], provider="cpu")
+        assert row["accuracy"] == summary["accuracy"] and row["size_mb"] > 0
+    assert any(r["pareto"] for r in rows) and table["isa"]
 
 
 def test_a_teacher_of_other_labels_is_refused_before_training(teacher, tiny_checkpoint, sentiment_csv, tmp_path):
