@@ -156,10 +156,11 @@ def published_teacher(checkpoint: Path) -> ModelVersion | None:
 def print_table(table: ParetoTable, as_json: bool = True) -> None:
     print(f"dev: {table.data}; speed: graph only, 1 ORT thread, batch {table.batch} x {table.tokens} tokens and one "
           f"{table.single_tokens}-token text, {table.rounds} interleaved rounds, {table.isa}")
-    print(f"{'model':<24} {'variant':<7} {'layers':>6} {'accuracy':>8} {'macro-F1':>8} {'texts/s':>8} "
+    width = max([24, *(len(r.model) for r in table.rows)])
+    print(f"{'model':<{width}} {'variant':<7} {'layers':>6} {'accuracy':>8} {'macro-F1':>8} {'texts/s':>8} "
           f"{'1 text ms':>9} {'MB':>6}  front")
     for r in table.rows:
-        print(f"{r.model[:24]:<24} {r.variant:<7} {r.layers or '?':>6} {r.accuracy:8.4f} {r.macro_f1:8.4f} "
+        print(f"{r.model:<{width}} {r.variant:<7} {r.layers or '?':>6} {r.accuracy:8.4f} {r.macro_f1:8.4f} "
               f"{r.texts_per_s:8.1f} {r.single_text_ms:9.2f} {r.size_mb:6.1f}  {'*' if r.pareto else ''}")
     if as_json:
         print(table.model_dump_json())

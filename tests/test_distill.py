@@ -371,3 +371,39 @@ def test_embedder_ensemble_targets_are_unit_vectors(tiny_checkpoint, sentiment_c
                                 progress=False)
     assert targets.shape == (len(train), 64)
     np.testing.assert_allclose(np.linalg.norm(targets, axis=1), 1.0, rtol=1e-5)
+
+
+def test_public_data_defaults_publish_a_fast_student_of_each_classifier(teacher, built_classifier, sentiment_csv,
+                                                                        tmp_path):
+    """build-defaults --data-dir: the served classifiers keep their checkpoint, and each gets a 3-layer "-fast"
+    student started from its own spread layers and taught by it (here built for real at the tiny model's scale)."""
+    from nlpsuite.pipeline.build import build
+    from nlpsuite.pipeline.data import DataError
+    from nlpsuite.pipeline.defaults import default_configs, fast_configs, fast_student
+    from nlpsuite.pipeline.train import Hyperparameters
+
+    data_dir = tmp_path / "data"
+    for folder in ("financial_phrasebank", "banking77"):
+        (data_dir / folder).mkdir(parents=True)
+        for split in ("train", "dev"):
+            shutil.copy(sentiment_csv, data_dir / folder / f"{split}.csv")
+    configs = default_configs(tmp_path / "repo", data_dir)
+    fast = fast_configs(configs, data_dir)
+    assert sorted(fast) == ["intent", "sentiment"] and fast_configs(configs, None) == {}
+    for name, config in fast.items():
+        assert configs[name].save_checkpoint and not config.save_checkpoint and config.name == f"{name}-fast"
+        assert (config.hyperparameters.keep_layers, config.hyperparameters.layer_choice) == (3, "spread")
+        assert config.data == configs[name].data and config.hyperparameters.epochs == configs[name].hyperparameters.epochs
+
+    with pytest.raises(DataError, match="build it with --save-checkpoint"):
+        fast_student(fast["sentiment"], built_classifier)
+    tiny = fast["sentiment"].model_copy(update={
+        "data": sentiment_csv, "dev": None, "text_col": "text", "label_col": "label", "progress": False,
+        "repository": tmp_path / "repo", "hyperparameters": Hyperparameters(
+            epochs=2, max_steps=16, batch_size=16, learning_rate=1e-3, max_length=64, keep_layers=1,
+            layer_choice="spread")})
+    student = build(fast_student(tiny, teacher))
+    assert student.manifest.base_checkpoint == str(teacher.path / "checkpoint")
+    assert student.manifest.layers_kept == 1 and student.manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
+    assert [r["model"] for r in student.manifest.extra["pareto"]["rows"]] == [
+        "teacher v1", "teacher v1", "sentiment-fast (this build)", "sentiment-fast (this build)"]
