@@ -49,6 +49,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="distil from this fine-tuned model of the same task (a Hugging Face directory, or a model "
                         "version published with --save-checkpoint) as well as from the data: a classifier's soft "
                         "targets, an embedder's embeddings; repeat it for an ensemble (mean logits / embeddings)")
+    p.add_argument("--compare-with", type=Path, action="append", default=[], metavar="MODEL",
+                   help="a published classifier (<repo>/<name>[/<version>]) to table beside this build at its end: "
+                        "accuracy, macro-F1, speed and size on this build's dev set (published teachers always are)")
     p.add_argument("--teachers", type=int, default=0, metavar="N",
                    help="first fine-tune N full-depth models of this recipe from other seeds and distil their "
                         "averaged outputs into this build's model (with --teacher: all teachers averaged)")
@@ -97,6 +100,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         dev_fraction=args.dev_fraction, max_drop_points=args.max_drop, force=args.force,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), progress=not args.no_progress,
         save_checkpoint=args.save_checkpoint, teachers=args.teacher, ensemble=args.teachers,
+        compare_with=args.compare_with,
     )
     version = build(config)
     _print_built(version)

@@ -21,7 +21,7 @@ from nlpsuite.pipeline.pareto import build_table, published_teacher
 from nlpsuite.pipeline.train import (
     Hyperparameters, check_checkpoint, fine_tune, nearest_centroid_accuracy, predict_torch, quiet_libraries,
 )
-from nlpsuite.shared.model_repo import ModelVersion
+from nlpsuite.shared.model_repo import ModelRepoError, ModelVersion, version_at
 
 __all__ = ["BuildConfig", "BuildError", "build", "default_base_checkpoint"]
 
@@ -51,6 +51,9 @@ class BuildConfig(BaseModel):
     # `--teachers N`: first fine-tune N full-depth models of this recipe (other seeds) and distil their averaged
     # outputs too (with `teachers`, all of them are averaged with equal weight). 0: none.
     ensemble: int = Field(0, ge=0)
+    # Published classifiers (`<repo>/<name>[/<version>]`) to table beside this build at its end, on its dev set; the
+    # published teachers are tabled anyway.
+    compare_with: list[Path] = Field(default_factory=list)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -100,6 +103,22 @@ class DevGate:
         return gate_scores(self.task, outputs, reference, self.dev, self.labels, self.train_emb, self.train_labels)
 
 
+def check_compared(path: Path, task: str, labels: list[str]) -> ModelVersion:
+    """A --compare-with model, checked before training: a published classifier that knows the data's labels."""
+    if task != "classify":
+        raise DataError("--compare-with tables classifiers; this is an embed build")
+    try:
+        version = version_at(path)
+    except (ModelRepoError, OSError, ValueError) as exc:
+        raise DataError(f"--compare-with {path}: not a published model version ({exc})") from exc
+    if version.manifest.task != "classify":
+        raise DataError(f"--compare-with {path}: a {version.manifest.task!r} model, not a classifier")
+    missing = sorted(set(labels) - set(version.manifest.labels))
+    if missing:
+        raise DataError(f"--compare-with {path}: does not predict the data's labels {', '.join(missing[:10])}")
+    return version
+
+
 def pareto_of_build(name: str, layers: int | None, teachers: list[ModelVersion], dev: Dataset,
                     staged: dict[str, tuple[Path, dict]]) -> dict:
     return build_table(name, layers, staged, teachers, dev).model_dump()
@@ -123,6 +142,7 @@ def build(config: BuildConfig) -> ModelVersion:
     if config.teachers or config.ensemble:
         check_settings(hp.distill_weight, hp.distill_temperature)
     teachers = [check_teacher(path, config.task, labels, base_config.get("hidden_size")) for path in config.teachers]
+    compared = [check_compared(path, config.task, labels) for path in config.compare_with]
     taught = teacher_outputs(teachers, config.task, train.texts, labels, hp.max_length)  # one array per teacher
     ensemble_report: list[dict] = []
     if config.ensemble:
@@ -152,7 +172,7 @@ def build(config: BuildConfig) -> ModelVersion:
     compare = None
     if config.task == "classify":
         # The Pareto table: this build's variants beside the teachers that are published models (ONNX to time).
-        published = [v for v in (published_teacher(t) for t in teachers) if v is not None]
+        published = [v for v in (published_teacher(t) for t in teachers) if v is not None] + compared
         compare = partial(pareto_of_build, config.name, hp.keep_layers or base_config.get("num_hidden_layers"),
                           published, dev)
     # int8 activation ranges come from training texts only; the gate judges on dev.

@@ -404,6 +404,22 @@ def test_public_data_defaults_publish_a_fast_student_of_each_classifier(teacher,
             layer_choice="spread")})
     student = build(fast_student(tiny, teacher))
     assert student.manifest.base_checkpoint == str(teacher.path / "checkpoint")
-    assert student.manifest.layers_kept == 1 and student.manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
+    assert student.manifest.layers_kept == 1 and student.manifest.extra["teachers"] == []
+    # Not taught, but tabled beside the model it started from.
     assert [r["model"] for r in student.manifest.extra["pareto"]["rows"]] == [
         "teacher v1", "teacher v1", "sentiment-fast (this build)", "sentiment-fast (this build)"]
+
+
+def test_compare_with_is_checked_before_training(built_classifier, tiny_checkpoint, sentiment_csv, tmp_path,
+                                                 capsys):
+    from nlpsuite.cli import main
+
+    args = ["build", "--task", "classify", "--name", "x", "--data", str(sentiment_csv), "--base",
+            str(tiny_checkpoint), "--repository", str(tmp_path / "repo"), "--max-steps", "1", "--no-progress"]
+    assert main([*args, "--compare-with", str(tmp_path / "nothing")]) == 2
+    assert "--compare-with" in capsys.readouterr().err and not (tmp_path / "repo").exists()
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "".join(f"text {i},{'up' if i % 2 else 'down'}\n" for i in range(20)))
+    args[6] = str(other)
+    assert main([*args, "--compare-with", str(built_classifier.path)]) == 2
+    assert "does not predict the data's labels down, up" in capsys.readouterr().err
