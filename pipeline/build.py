@@ -119,9 +119,9 @@ def check_compared(path: Path, task: str, labels: list[str]) -> ModelVersion:
     return version
 
 
-def pareto_of_build(name: str, layers: int | None, teachers: list[ModelVersion], dev: Dataset,
+def pareto_of_build(name: str, layers: int | None, others: list[ModelVersion], dev: Dataset,
                     staged: dict[str, tuple[Path, dict]]) -> dict:
-    return build_table(name, layers, staged, teachers, dev).model_dump()
+    return build_table(name, layers, staged, others, dev).model_dump()
 
 
 def build(config: BuildConfig) -> ModelVersion:
@@ -171,7 +171,7 @@ def build(config: BuildConfig) -> ModelVersion:
                           "seconds": round(result.seconds, 1), "history": result.history}}
     compare = None
     if config.task == "classify":
-        # The Pareto table: this build's variants beside the teachers that are published models (ONNX to time).
+        # The Pareto table: this build's variants beside the published teachers (ONNX to time) and --compare-with.
         published = [v for v in (published_teacher(t) for t in teachers) if v is not None] + compared
         compare = partial(pareto_of_build, config.name, hp.keep_layers or base_config.get("num_hidden_layers"),
                           published, dev)

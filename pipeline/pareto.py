@@ -1,5 +1,6 @@
 """Accuracy against speed and size for several classifiers and their CPU variants: `nlpsuite evaluate --compare A B
-...`, and the table every classifier build writes into its manifest and prints (itself beside its published teachers).
+...`, and the table every classifier build writes into its manifest and prints (itself beside its published teachers
+and the models given with --compare-with).
 
 For each model and each of its CPU variants (fp32, int8): dev accuracy and macro-F1 on one labelled set, graph
 throughput at batch x tokens and single-text latency (synthetic ids, 1 ORT thread, every session timed in the same
@@ -97,13 +98,13 @@ def compare(models: list[Path], data: Path, text_col: str, label_col: str, batch
     return tabulate(rows, files, str(data), batch, tokens, single_tokens, rounds)
 
 
-def build_table(name: str, layers: int | None, staged: dict[str, tuple[Path, dict]], teachers: list[ModelVersion],
+def build_table(name: str, layers: int | None, staged: dict[str, tuple[Path, dict]], others: list[ModelVersion],
                 dev: Dataset) -> ParetoTable:
-    """A build's own CPU variants (`staged`: variant -> (file, the gate's metrics on `dev`)) beside its published
-    teachers' variants scored on the same dev set."""
+    """A build's own CPU variants (`staged`: variant -> (file, the gate's metrics on `dev`)) beside the variants of
+    published models (its teachers, --compare-with) scored on the same dev set; each model once."""
     rows, files = [], []
-    for teacher in teachers:
-        more_rows, more_files = published_rows(teacher, dev)
+    for other in {v.path.resolve(): v for v in others}.values():
+        more_rows, more_files = published_rows(other, dev)
         rows += more_rows
         files += more_files
     for variant in CPU_VARIANTS:

@@ -82,9 +82,10 @@ def test_a_distilled_student_is_closer_to_its_teacher_than_a_plainly_trained_one
     plain = build(quick_config(name="plain", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path))
     hp = Hyperparameters(epochs=2, max_steps=16, batch_size=16, learning_rate=1e-3, max_length=64,
                          distill_weight=1.0, distill_temperature=1.0)
-    # The teacher given as its published model folder: the build finds its checkpoint.
+    # The teacher given as its published model folder: the build finds its checkpoint. Also named to compare
+    # with, it is tabled once.
     distilled = build(quick_config(name="distilled", data=sentiment_csv, base=tiny_checkpoint, repository=tmp_path,
-                                   hyperparameters=hp, teachers=[teacher.path.parent]))
+                                   hyperparameters=hp, teachers=[teacher.path.parent], compare_with=[teacher.path]))
     assert _kl_to(teacher_probs, distilled, texts) < 0.5 * _kl_to(teacher_probs, plain, texts)
     manifest = distilled.manifest
     assert manifest.extra["teachers"] == [str(teacher.path / "checkpoint")]
