@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=Path("models"))
     p.add_argument("--data-dir", type=Path,
                    help="train on public data sets instead of the shipped examples "
-                        "(expects financial_phrasebank/ and banking77/ with train.csv and dev.csv)")
+                        "(expects financial_phrasebank/ and banking77/ with train.csv and dev.csv), and publish "
+                        "3-layer sentiment-fast and intent-fast models beside sentiment and intent")
     p.add_argument("--only", action="append", choices=["sentiment", "intent", "embedder"])
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_build_defaults)
