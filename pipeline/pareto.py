@@ -90,11 +90,7 @@ def mark_front(rows: list[ParetoRow]) -> None:
 def compare(models: list[Path], data: Path, text_col: str, label_col: str, batch: int = 16, tokens: int = 64,
             single_tokens: int = 32, rounds: int = 10) -> ParetoTable:
     dataset = load_dataset(data, text_col, label_col)
-    rows, files = [], []
-    for path in models:
-        more_rows, more_files = published_rows(version_at(path), dataset)
-        rows += more_rows
-        files += more_files
+    rows, files = published_rows([version_at(path) for path in models], dataset)
     return tabulate(rows, files, str(data), batch, tokens, single_tokens, rounds)
 
 
@@ -102,11 +98,7 @@ def build_table(name: str, layers: int | None, staged: dict[str, tuple[Path, dic
                 dev: Dataset) -> ParetoTable:
     """A build's own CPU variants (`staged`: variant -> (file, the gate's metrics on `dev`)) beside the variants of
     published models (its teachers, --compare-with) scored on the same dev set; each model once."""
-    rows, files = [], []
-    for other in {v.path.resolve(): v for v in others}.values():
-        more_rows, more_files = published_rows(other, dev)
-        rows += more_rows
-        files += more_files
+    rows, files = published_rows(list({v.path.resolve(): v for v in others}.values()), dev)
     for variant in CPU_VARIANTS:
         if variant in staged:
             file, metrics = staged[variant]
@@ -116,12 +108,10 @@ def build_table(name: str, layers: int | None, staged: dict[str, tuple[Path, dic
     return tabulate(rows, files, dev.source, rounds=BUILD_ROUNDS)
 
 
-def published_rows(version: ModelVersion, dataset: Dataset) -> tuple[list[dict], list[Path]]:
-    """Rows without speed for a published classifier's CPU variants scored on `dataset`, and their files."""
+def published_rows(versions: list[ModelVersion], dataset: Dataset) -> tuple[list[dict], list[Path]]:
+    """Rows without speed for published classifiers' CPU variants scored on `dataset`, and their files."""
     rows, files = [], []
-    for variant in CPU_VARIANTS:
-        if variant not in version.manifest.variants:
-            continue
+    for version, variant in ((v, name) for v in versions for name in CPU_VARIANTS if name in v.manifest.variants):
         summary, _ = score_classifier(version, dataset, variant, provider="cpu")
         file = version.variant_path(variant)
         files.append(file)
