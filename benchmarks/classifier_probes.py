@@ -30,7 +30,7 @@ import numpy as np
 from nlpsuite.pipeline import train as T
 from nlpsuite.pipeline.build import default_base_checkpoint
 from nlpsuite.pipeline.data import Dataset, load_dataset
-from nlpsuite.pipeline.distill import ensemble_logits
+from nlpsuite.pipeline.distill import ensemble_logits, teacher_logits
 from nlpsuite.pipeline.metrics import classification_metrics
 
 
@@ -108,13 +108,9 @@ def cmd_train(args) -> dict:
 
 
 def cmd_score(args) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     dev = load_dataset(args.dev, args.text_col, args.label_col)
-    model = AutoModelForSequenceClassification.from_pretrained(str(args.checkpoint), local_files_only=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(args.checkpoint), use_fast=True, local_files_only=True)
-    logits = T.predict_torch(model, tokenizer, dev.texts, "classify", args.max_length)
-    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    labels = sorted(set(dev.labels))
+    logits = teacher_logits(args.checkpoint, dev.texts, labels, args.max_length)
     np.savez(args.out, logits=logits, labels=np.array(labels))
     return {"saved": str(args.out)}
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from nlpsuite.pipeline.ranking import auc, fit_logistic
 from nlpsuite.pipeline.recommend import NUMERIC_FEATURES, ItemStats, MovieLens, load_movielens, split_users
-from nlpsuite.pipeline.train import quiet_libraries
+from nlpsuite.pipeline.train import predict_torch, quiet_libraries
 from nlpsuite.services.recommend.scoring import rating_weights, user_vectors
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -34,24 +34,15 @@ def base_vectors(texts: dict[str, str], cache: Path) -> dict[str, np.ndarray]:
     if cache.is_file():
         saved = np.load(cache)
         return dict(zip(saved["ids"].tolist(), saved["vectors"]))
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     from nlpsuite.pipeline.build import default_base_checkpoint
 
     base = str(default_base_checkpoint())
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModel.from_pretrained(base).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base, use_fast=True, local_files_only=True)
+    model = AutoModel.from_pretrained(base, local_files_only=True)
     ids = sorted(i for i, t in texts.items() if t.strip())
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(ids), 128):
-            enc = tokenizer([texts[i] for i in ids[start:start + 128]], padding=True, truncation=True,
-                            max_length=64, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy())
-    vectors = np.concatenate(out)
+    vectors = predict_torch(model, tokenizer, [texts[i] for i in ids], "embed", max_length=64)
     np.savez(cache, ids=np.array(ids), vectors=vectors)
     return dict(zip(ids, vectors))
 
